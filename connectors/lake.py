@@ -1,0 +1,226 @@
+"""The raw lake: append-only Parquet deltas, written atomically (DESIGN §3).
+
+Layout (hive-style so scans can prune by account):
+  lake/raw/messages/account_id=<id>/<batch>.parquet      one row per message version
+  lake/raw/participants/account_id=<id>/<batch>.parquet  one row per (message, role, address)
+  lake/raw/events/…, lake/raw/attendees/…                 calendars (same pattern)
+  lake/quarantine/account_id=<id>/<batch>.parquet        what could not be parsed, with why
+
+A batch id starts with a nanosecond timestamp, so later batches sort later; the
+`version` column carries the same number and decides which copy of a message wins.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TS = pa.timestamp("us", tz="UTC")
+
+MESSAGE_SCHEMA = pa.schema(
+    [
+        ("account_id", pa.string()),
+        ("provider", pa.string()),
+        ("stream", pa.string()),
+        ("message_id", pa.string()),
+        ("thread_id", pa.string()),
+        ("rfc_message_id", pa.string()),
+        ("op", pa.string()),  # upsert | delete
+        ("blocked", pa.bool_()),  # marker only: no participants, no content
+        ("sent_at", TS),
+        ("subject", pa.string()),
+        ("snippet", pa.string()),
+        ("body_text", pa.string()),
+        ("labels", pa.list_(pa.string())),
+        ("list_id", pa.string()),
+        ("list_unsubscribe", pa.string()),
+        ("precedence", pa.string()),
+        ("auto_submitted", pa.string()),
+        ("in_reply_to", pa.string()),
+        ("fetched_at", TS),
+        ("version", pa.int64()),
+        ("seq", pa.int32()),  # order inside the batch: the last change wins
+    ]
+)
+
+PARTICIPANT_SCHEMA = pa.schema(
+    [
+        ("account_id", pa.string()),
+        ("message_id", pa.string()),
+        ("version", pa.int64()),
+        ("role", pa.string()),  # from|to|cc|bcc|reply_to
+        ("address", pa.string()),  # as parsed from the header, not yet normalised
+        ("name", pa.string()),
+    ]
+)
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("account_id", pa.string()),
+        ("stream", pa.string()),
+        ("item_id", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("fetched_at", TS),
+        ("version", pa.int64()),
+    ]
+)
+
+EVENT_SCHEMA = pa.schema(
+    [
+        ("account_id", pa.string()),
+        ("provider", pa.string()),
+        ("stream", pa.string()),
+        ("event_id", pa.string()),
+        ("ical_uid", pa.string()),
+        ("op", pa.string()),
+        ("status", pa.string()),
+        ("title", pa.string()),
+        ("starts_at", TS),
+        ("ends_at", TS),
+        ("all_day", pa.bool_()),
+        ("recurring_event_id", pa.string()),
+        ("fetched_at", TS),
+        ("version", pa.int64()),
+        ("seq", pa.int32()),
+    ]
+)
+
+ATTENDEE_SCHEMA = pa.schema(
+    [
+        ("account_id", pa.string()),
+        ("event_id", pa.string()),
+        ("version", pa.int64()),
+        ("role", pa.string()),  # organizer | attendee
+        ("address", pa.string()),
+        ("name", pa.string()),
+        ("response_status", pa.string()),
+        ("resource", pa.bool_()),
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "messages": MESSAGE_SCHEMA,
+    "participants": PARTICIPANT_SCHEMA,
+    "quarantine": QUARANTINE_SCHEMA,
+    "events": EVENT_SCHEMA,
+    "attendees": ATTENDEE_SCHEMA,
+}
+
+
+def table_dir(lake: Path, table: str) -> Path:
+    return lake / ("quarantine" if table == "quarantine" else f"raw/{table}")
+
+
+def account_dir(lake: Path, table: str, account_id: str) -> Path:
+    return table_dir(lake, table) / f"account_id={account_id}"
+
+
+def new_version() -> int:
+    # Strictly increasing within a process even if the clock stalls.
+    global _last_version
+    v = max(time.time_ns(), _last_version + 1)
+    _last_version = v
+    return v
+
+
+_last_version = 0
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """Write to a temp name, fsync file and folder, then rename into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        pq.write_table(table, fh, compression="zstd")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@dataclass
+class Batch:
+    """Rows of one landing, collected per table, flushed together."""
+
+    account_id: str
+    version: int = field(default_factory=new_version)
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    fetched_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def add(self, table: str, row: dict[str, Any]) -> None:
+        rows = self.rows.setdefault(table, [])
+        row = {"account_id": self.account_id, "version": self.version, **row}
+        if "seq" in TABLES[table].names:
+            row["seq"] = len(rows)
+        if "fetched_at" in TABLES[table].names:
+            row["fetched_at"] = self.fetched_at
+        rows.append(row)
+
+    def count(self, table: str) -> int:
+        return len(self.rows.get(table, []))
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.rows.values())
+
+
+def flush(lake: Path, batch: Batch) -> dict[str, int]:
+    """Write every table of the batch durably. Data tables first, messages last.
+
+    Messages go last so a crash never leaves a message whose participants are
+    missing: readers pick participants by (message_id, version).
+    """
+    counts: dict[str, int] = {}
+    name = f"{batch.version:020d}-{uuid.uuid4().hex[:8]}.parquet"
+    order = sorted(batch.rows, key=lambda t: t in ("messages", "events"))
+    for table in order:
+        rows = batch.rows[table]
+        if not rows:
+            continue
+        arrow = pa.Table.from_pylist(rows, schema=TABLES[table])
+        write_parquet_atomic(arrow, account_dir(lake, table, batch.account_id) / name)
+        counts[table] = len(rows)
+    return counts
+
+
+def glob(lake: Path, table: str, account_ids: Iterable[str] | None = None) -> list[str]:
+    """Parquet files of a table (optionally only some accounts), in landing order."""
+    base = table_dir(lake, table)
+    if not base.exists():
+        return []
+    dirs = (
+        [base / f"account_id={a}" for a in account_ids]
+        if account_ids is not None
+        else sorted(base.glob("account_id=*"))
+    )
+    files: list[str] = []
+    for d in dirs:
+        if d.exists():
+            files.extend(str(p) for p in sorted(d.glob("*.parquet")))
+    return files
+
+
+def purge_account(lake: Path, account_id: str) -> int:
+    """Delete every landed file of an account (used by account removal)."""
+    removed = 0
+    for table in TABLES:
+        d = account_dir(lake, table, account_id)
+        if d.exists():
+            for p in d.iterdir():
+                p.unlink()
+                removed += 1
+            d.rmdir()
+    return removed

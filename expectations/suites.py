@@ -1,0 +1,160 @@
+"""The quality gate (DESIGN §6): Great Expectations 1.x suites over the staged tables.
+
+GX 1.x has no Polars or DuckDB datasource, so each check runs on a pandas frame made
+from the staged Arrow data. Cross-table rules (a company_id that exists, a blocklisted
+address in messages) are first turned into small "violations" frames in Polars, and GX
+then expects those to be empty: cheap at a million rows and still reported by GX.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import polars as pl
+
+from transforms.metrics import STRENGTHS
+
+log = logging.getLogger("rapport.expectations")
+
+
+@dataclass
+class GateResult:
+    success: bool
+    results: list[dict[str, Any]]
+
+    def failures(self) -> list[dict[str, Any]]:
+        return [r for r in self.results if not r["success"]]
+
+
+def _violations(
+    tables: dict[str, pl.DataFrame], blocklist: pl.DataFrame, internal_addresses: list[str]
+) -> dict[str, pl.DataFrame]:
+    people = tables["people"]
+    companies = tables["companies"]
+    interactions = tables["interactions"]
+    messages = tables["messages"]
+    missing_company = (
+        people.filter(pl.col("company_id").is_not_null())
+        .join(companies, on="company_id", how="anti")
+        .select("person_id", "company_id")
+    )
+    missing_person = interactions.join(people, on="person_id", how="anti").select("person_id")
+    internal_people = (
+        people.select("person_id", email="email_addresses")
+        .explode("email")
+        .filter(pl.col("email").is_in(internal_addresses))
+    )
+    addrs = (
+        messages.select(
+            "account_id",
+            email=pl.concat_list(pl.col("from_email").fill_null(""), "to_emails", "cc_emails"),
+        )
+        .explode("email")
+        .filter(pl.col("email") != "")
+        .with_columns(domain=pl.col("email").str.split("@").list.last())
+    )
+    by_address = addrs.join(
+        blocklist.filter(pl.col("kind") == "address").select("account_id", email="entry"),
+        on=["account_id", "email"],
+    )
+    dom = blocklist.filter(pl.col("kind") == "domain").select("account_id", entry="entry")
+    by_domain = (
+        addrs.join(dom, on="account_id")
+        .filter(
+            (pl.col("domain") == pl.col("entry"))
+            | pl.col("domain").str.ends_with("." + pl.col("entry"))
+        )
+        .select("account_id", "email")
+    )
+    return {
+        "people_company_missing": missing_company,
+        "interactions_person_missing": missing_person,
+        "people_internal_address": internal_people,
+        "messages_blocklisted": pl.concat([by_address.select("account_id", "email"), by_domain]),
+    }
+
+
+def run_gate(
+    tables: dict[str, pl.DataFrame],
+    blocklist: pl.DataFrame,
+    internal_addresses: list[str],
+    as_of: datetime,
+) -> GateResult:
+    import great_expectations as gx  # slow import: only when a gate runs
+    import great_expectations.expectations as gxe
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    context = gx.get_context(mode="ephemeral")
+    source = context.data_sources.add_pandas(name="staged")
+    lo = datetime(1971, 1, 1)
+    hi = (as_of + timedelta(days=3650)).replace(tzinfo=None)
+
+    checks: dict[str, tuple[pl.DataFrame, list[Any]]] = {
+        "people": (
+            tables["people"].select(
+                "person_id", "primary_email", n_addresses=pl.col("email_addresses").list.len()
+            ),
+            [
+                gxe.ExpectColumnValuesToNotBeNull(column="person_id"),
+                gxe.ExpectColumnValuesToBeUnique(column="person_id"),
+                gxe.ExpectColumnValuesToNotBeNull(column="primary_email"),
+                gxe.ExpectColumnValuesToBeBetween(column="n_addresses", min_value=1),
+            ],
+        ),
+        "companies": (
+            tables["companies"].select("company_id"),
+            [
+                gxe.ExpectColumnValuesToNotBeNull(column="company_id"),
+                gxe.ExpectColumnValuesToBeUnique(column="company_id"),
+            ],
+        ),
+        "messages": (
+            tables["messages"].select(
+                "message_key", sent_at=pl.col("sent_at").dt.replace_time_zone(None)
+            ),
+            [
+                gxe.ExpectColumnValuesToNotBeNull(column="message_key"),
+                gxe.ExpectColumnValuesToBeUnique(column="message_key"),
+                gxe.ExpectColumnValuesToBeBetween(column="sent_at", min_value=lo, max_value=hi),
+            ],
+        ),
+        "connections": (
+            tables["connections"].select("strength"),
+            [gxe.ExpectColumnValuesToBeInSet(column="strength", value_set=list(STRENGTHS))],
+        ),
+    }
+    for name, frame in _violations(tables, blocklist, internal_addresses).items():
+        checks[name] = (frame, [gxe.ExpectTableRowCountToEqual(value=0)])
+
+    results: list[dict[str, Any]] = []
+    for name, (frame, expectations) in checks.items():
+        asset = source.add_dataframe_asset(name=name)
+        batch_def = asset.add_batch_definition_whole_dataframe(f"{name}_all")
+        suite = context.suites.add(gx.ExpectationSuite(name=f"{name}_suite"))
+        for exp in expectations:
+            suite.add_expectation(exp)
+        batch = batch_def.get_batch(batch_parameters={"dataframe": frame.to_pandas()})
+        outcome = batch.validate(suite)
+        for res in outcome.results:
+            cfg = res.expectation_config
+            results.append(
+                {
+                    "table": name,
+                    "expectation": cfg.type,
+                    "column": cfg.kwargs.get("column"),
+                    "success": bool(res.success),
+                    "observed": _observed(res.result),
+                }
+            )
+    return GateResult(success=all(r["success"] for r in results), results=results)
+
+
+def _observed(result: dict[str, Any]) -> Any:
+    for key in ("observed_value", "unexpected_count"):
+        if key in result:
+            value = result[key]
+            return value if isinstance(value, int | float | str | None) else str(value)
+    return None

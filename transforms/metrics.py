@@ -1,0 +1,259 @@
+"""Interactions, per-person/company metrics and connection strength (§4.6).
+
+Connection strength, per (member, person):
+
+    decay(a)  = 0.8 * 2^(-a / 45d) + 0.2 * 2^(-a / 365d)     a = age of the interaction
+    S_kind    = sum of decay(a) over that member's interactions of that kind
+    score     = 0.3 * S_sent + 0.6 * S_received + 1.5 * min(S_sent, S_received) + 2.0 * S_meeting
+
+  * recency and frequency: every interaction adds a positive, age-decayed amount;
+  * reciprocity: the min() term only pays when mail flows both ways, so a member's
+    unanswered outreach (S_received = 0) is worth 0.3 per message and no more;
+  * meetings: weight 2.0, divided by sqrt(number of other attendees) so a large
+    meeting is worth less per attendee;
+  * long relationships decay more slowly: the 365-day component keeps a long
+    history alive after the 45-day component has faded.
+  Every term is non-decreasing in each interaction's recency and count, so the score
+  is monotone. Company score for a member = sum of the member's person scores there.
+
+Bands: < 0.5 very_weak, < 2 weak, < 6 good, < 15 strong, else very_strong.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import polars as pl
+
+HALF_LIFE_FAST_DAYS = 45.0
+HALF_LIFE_SLOW_DAYS = 365.0
+FAST_SHARE = 0.8
+W_SENT = 0.3
+W_RECEIVED = 0.6
+W_RECIPROCAL = 1.5
+W_MEETING = 2.0
+BANDS = [(0.5, "very_weak"), (2.0, "weak"), (6.0, "good"), (15.0, "strong")]
+STRENGTHS = ("very_weak", "weak", "good", "strong", "very_strong")
+
+INTERACTIONS_SCHEMA = {
+    "member_id": pl.String,
+    "person_id": pl.String,
+    "company_id": pl.String,
+    "account_id": pl.String,
+    "kind": pl.String,
+    "at": pl.Datetime("us", "UTC"),
+    "source_key": pl.String,
+    "weight": pl.Float64,
+}
+
+
+def source_key() -> pl.Expr:
+    """Same mail in two mailboxes is one source: the RFC Message-ID when present."""
+    return pl.coalesce(
+        pl.col("rfc_message_id"), pl.concat_str(["account_id", "message_id"], separator=":")
+    )
+
+
+def email_interactions(
+    messages: pl.LazyFrame,
+    participants: pl.LazyFrame,
+    person_keys: pl.LazyFrame,
+    accounts: pl.DataFrame,
+) -> pl.LazyFrame:
+    """One row per (member, person, message): sent mail to the person or received mail."""
+    msgs = messages.select(
+        "account_id", "message_id", "direction", "sent_at", source_key=source_key()
+    )
+    parts = participants.filter(pl.col("valid") & ~pl.col("internal")).select(
+        "account_id", "message_id", "role", "canonical_key"
+    )
+    rows = (
+        parts.join(msgs, on=["account_id", "message_id"], how="inner")
+        .filter((pl.col("direction") == "received") | (pl.col("role") != "from"))
+        .join(person_keys, on="canonical_key", how="inner")
+        .join(accounts.lazy().select("account_id", "member_id"), on="account_id", how="inner")
+        .select(
+            "member_id",
+            "person_id",
+            "account_id",
+            kind=pl.when(pl.col("direction") == "sent")
+            .then(pl.lit("email_sent"))
+            .otherwise(pl.lit("email_received")),
+            at="sent_at",
+            source_key="source_key",
+            weight=pl.lit(1.0),
+        )
+    )
+    return rows
+
+
+def dedupe_interactions(rows: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per (member, person, source); a sent copy beats a received copy."""
+    return rows.sort(
+        ["member_id", "person_id", "source_key", "kind", "account_id"],
+        descending=[False, False, False, True, False],
+    ).unique(subset=["member_id", "person_id", "source_key"], keep="first", maintain_order=True)
+
+
+def decay(age_days: pl.Expr) -> pl.Expr:
+    age = age_days.clip(lower_bound=0.0)
+    return FAST_SHARE * (2.0 ** (-age / HALF_LIFE_FAST_DAYS)) + (1 - FAST_SHARE) * (
+        2.0 ** (-age / HALF_LIFE_SLOW_DAYS)
+    )
+
+
+def strength_band(score: pl.Expr) -> pl.Expr:
+    expr = pl.when(score < BANDS[0][0]).then(pl.lit(BANDS[0][1]))
+    for limit, label in BANDS[1:]:
+        expr = expr.when(score < limit).then(pl.lit(label))
+    return expr.otherwise(pl.lit("very_strong"))
+
+
+def person_connections(interactions: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:
+    """score and strength per (member, person), past interactions only."""
+    age = (pl.lit(as_of) - pl.col("at")).dt.total_seconds() / 86400.0
+    past = interactions.filter(pl.col("at") <= as_of).with_columns(d=decay(age) * pl.col("weight"))
+    sums = past.group_by("member_id", "person_id").agg(
+        s_sent=pl.col("d").filter(pl.col("kind") == "email_sent").sum(),
+        s_recv=pl.col("d").filter(pl.col("kind") == "email_received").sum(),
+        s_meet=pl.col("d").filter(pl.col("kind") == "meeting").sum(),
+    )
+    score = (
+        W_SENT * pl.col("s_sent")
+        + W_RECEIVED * pl.col("s_recv")
+        + W_RECIPROCAL * pl.min_horizontal("s_sent", "s_recv")
+        + W_MEETING * pl.col("s_meet")
+    )
+    return sums.select("member_id", "person_id", score=score).with_columns(
+        strength=strength_band(pl.col("score"))
+    )
+
+
+def connections_table(person_scores: pl.LazyFrame, people: pl.DataFrame) -> pl.LazyFrame:
+    """Rows per (member, person) plus per (member, company) with person_id null."""
+    with_company = person_scores.join(
+        people.lazy().select("person_id", "company_id"), on="person_id", how="left"
+    )
+    company_rows = (
+        with_company.filter(pl.col("company_id").is_not_null())
+        .group_by("member_id", "company_id")
+        .agg(score=pl.sum("score"))
+        .with_columns(person_id=pl.lit(None, pl.String), strength=strength_band(pl.col("score")))
+    )
+    cols = ["member_id", "person_id", "company_id", "score", "strength"]
+    return pl.concat([with_company.select(cols), company_rows.select(cols)]).sort(
+        "member_id", "company_id", "person_id", nulls_last=True
+    )
+
+
+def _metrics(
+    interactions: pl.LazyFrame,
+    key: str,
+    as_of: datetime,
+    member_emails: pl.DataFrame,
+    scores: pl.LazyFrame,
+) -> pl.LazyFrame:
+    at = pl.col("at")
+    past = at <= as_of
+    is_email = pl.col("kind").is_in(["email_sent", "email_received"])
+    is_meeting = pl.col("kind") == "meeting"
+    day = pl.duration(days=1)
+
+    def within(days: int) -> pl.Expr:
+        return past & (at > pl.lit(as_of) - day * days)
+
+    ordered = interactions.sort(key, "at", "kind", "member_id")
+    base = ordered.group_by(key).agg(
+        first_interaction_at=at.filter(past).min(),
+        last_interaction_at=at.filter(past).max(),
+        last_interaction_kind=pl.col("kind").filter(past).last(),
+        last_interaction_member_id=pl.col("member_id").filter(past).last(),
+        first_email_at=at.filter(is_email & past).min(),
+        last_email_at=at.filter(is_email & past).max(),
+        first_meeting_at=at.filter(is_meeting & past).min(),
+        last_meeting_at=at.filter(is_meeting & past).max(),
+        next_meeting_at=at.filter(is_meeting & (at > as_of)).min(),
+        emails_30d=(is_email & within(30)).sum().cast(pl.Int64),
+        emails_90d=(is_email & within(90)).sum().cast(pl.Int64),
+        emails_365d=(is_email & within(365)).sum().cast(pl.Int64),
+        meetings_90d=(is_meeting & within(90)).sum().cast(pl.Int64),
+    )
+    emails = member_emails.lazy().select("member_id", member_email="email")
+    best = (
+        scores.join(emails, on="member_id", how="left")
+        .sort([key, "score", "member_email"], descending=[False, True, False])
+        .unique(key, keep="first", maintain_order=True)
+        .select(
+            key,
+            strongest_connection_member=pl.col("member_email"),
+            strongest_connection_strength=pl.col("strength"),
+            strongest_connection_score=pl.col("score"),
+        )
+    )
+    return (
+        base.join(
+            emails.rename({"member_id": "last_interaction_member_id"}),
+            on="last_interaction_member_id",
+            how="left",
+        )
+        .rename({"member_email": "last_interaction_member"})
+        .drop("last_interaction_member_id")
+        .join(best, on=key, how="left")
+    )
+
+
+METRIC_COLUMNS = [
+    "first_interaction_at",
+    "last_interaction_at",
+    "last_interaction_kind",
+    "last_interaction_member",
+    "first_email_at",
+    "last_email_at",
+    "first_meeting_at",
+    "last_meeting_at",
+    "next_meeting_at",
+    "emails_30d",
+    "emails_90d",
+    "emails_365d",
+    "meetings_90d",
+    "strongest_connection_member",
+    "strongest_connection_strength",
+    "strongest_connection_score",
+]
+
+
+def person_metrics(
+    interactions: pl.LazyFrame,
+    people: pl.DataFrame,
+    as_of: datetime,
+    members: pl.DataFrame,
+    person_scores: pl.LazyFrame,
+) -> pl.LazyFrame:
+    m = _metrics(interactions, "person_id", as_of, members, person_scores)
+    return (
+        people.lazy()
+        .select("person_id")
+        .join(m, on="person_id", how="left")
+        .select("person_id", *METRIC_COLUMNS)
+        .sort("person_id")
+    )
+
+
+def company_metrics(
+    interactions: pl.LazyFrame,
+    companies: pl.DataFrame,
+    as_of: datetime,
+    members: pl.DataFrame,
+    company_scores: pl.LazyFrame,
+) -> pl.LazyFrame:
+    with_company = interactions.filter(pl.col("company_id").is_not_null())
+    # A company interaction is one per (member, source), however many of its people took part.
+    per_source = with_company.unique(["company_id", "member_id", "source_key", "kind"])
+    m = _metrics(per_source, "company_id", as_of, members, company_scores)
+    return (
+        companies.lazy()
+        .select("company_id")
+        .join(m, on="company_id", how="left")
+        .select("company_id", *METRIC_COLUMNS)
+        .sort("company_id")
+    )

@@ -1,0 +1,302 @@
+"""The whole transform, lake -> staged CRM tables, in DESIGN order:
+
+blocklist -> record creation -> domain linking -> dedup merges -> interactions -> metrics.
+
+Everything is a LazyFrame until a table is finished; per-row Python never runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import polars as pl
+
+from connectors import lake
+from transforms.addresses import domain_table, normalise_addresses
+from transforms.current import current_messages, current_participants, latest_versions
+from transforms.metrics import (
+    INTERACTIONS_SCHEMA,
+    company_metrics,
+    connections_table,
+    dedupe_interactions,
+    email_interactions,
+    person_connections,
+    person_metrics,
+)
+from transforms.records import (
+    build_companies,
+    build_people,
+    erc_off_intervals,
+    link_people,
+    person_candidates,
+)
+from transforms.rules import split_blocked, with_direction, with_internal_flag
+
+TS = pl.Datetime("us", "UTC")
+
+
+@dataclass
+class WorkspaceFrames:
+    """The workspace state the transforms need, as small frames."""
+
+    members: pl.DataFrame  # member_id, email, name
+    accounts: pl.DataFrame  # account_id, member_id, provider, email, aliases, status, ...
+    account_addresses: pl.DataFrame  # account_id, member_id, address (all member addresses)
+    blocklist: pl.DataFrame  # account_id, entry, kind, added_at
+    erc_toggles: pl.DataFrame  # enabled, at
+    as_of: datetime
+    extra_free_mail: list[str] = field(default_factory=list)
+    extra_company_domains: dict[str, str] = field(default_factory=dict)
+    exclude_list_mail: bool = True
+
+
+@dataclass
+class Staged:
+    tables: dict[str, pl.DataFrame]
+    stats: dict[str, int]
+
+
+def scan(lake_dir: Path, table: str, account_ids: list[str]) -> pl.LazyFrame:
+    files = lake.glob(lake_dir, table, account_ids)
+    schema = pl.Schema(pl.from_arrow(lake.TABLES[table].empty_table()).schema)
+    if not files:
+        return pl.LazyFrame(schema=schema)
+    return pl.scan_parquet(files, hive_partitioning=False, schema=schema)
+
+
+def internal_sets(frames: WorkspaceFrames) -> tuple[list[str], list[str]]:
+    """Member addresses, and the workspace's own (non-free) registrable domains."""
+    addresses = (
+        normalise_addresses(frames.account_addresses.lazy(), "address")
+        .select("email")
+        .drop_nulls()
+        .unique()
+        .collect()["email"]
+        .to_list()
+    )
+    member_emails = frames.members["email"].to_list()
+    all_addresses = sorted(set(addresses) | set(member_emails))
+    domains = domain_table([a.split("@")[1] for a in all_addresses], frames.extra_free_mail)
+    internal_domains = (
+        domains.filter(~pl.col("is_free_mail") & pl.col("registrable_domain").is_not_null())[
+            "registrable_domain"
+        ]
+        .unique()
+        .sort()
+        .to_list()
+    )
+    return all_addresses, internal_domains
+
+
+def build(
+    lake_dir: Path,
+    frames: WorkspaceFrames,
+    previous_people: pl.DataFrame | None = None,
+    previous_companies: pl.DataFrame | None = None,
+) -> Staged:
+    account_ids = frames.accounts.filter(pl.col("status") != "removed")["account_id"].to_list()
+    internal_addresses, internal_domains = internal_sets(frames)
+
+    # --- current state of the lake
+    raw_msgs = scan(lake_dir, "messages", account_ids)
+    msgs = current_messages(raw_msgs).collect()
+    parts = current_participants(scan(lake_dir, "participants", account_ids), msgs.lazy())
+    parts = with_internal_flag(parts, internal_addresses, internal_domains).collect()
+    quarantine = latest_versions(
+        scan(lake_dir, "quarantine", account_ids).with_columns(seq=pl.lit(0, pl.Int32)),
+        ["account_id", "item_id"],
+    ).collect()
+
+    # --- 1. blocklist (message and thread level)
+    blocklist = normalise_blocklist(frames.blocklist)
+    visible, vparts, blocked_threads = split_blocked(msgs.lazy(), parts.lazy(), blocklist)
+    visible = with_direction(visible, vparts, frames.account_addresses).collect()
+    vparts = vparts.collect()
+    blocked_threads = blocked_threads.collect()
+
+    # --- 2. automatic record creation (+ canonical-address dedup by construction)
+    erc_off = erc_off_intervals(frames.erc_toggles)
+    candidates = person_candidates(
+        visible.lazy(),
+        vparts.lazy(),
+        blocked_threads.lazy(),
+        erc_off,
+        exclude_list_mail=frames.exclude_list_mail,
+    )
+    people = build_people(candidates, vparts.lazy(), previous_people)
+
+    # --- 3. companies and domain linking
+    domains = [e.split("@")[1] for e in people["primary_email"].drop_nulls().to_list()]
+    domains += [
+        e.split("@")[1]
+        for e in people.select(pl.col("email_addresses").explode())
+        .to_series()
+        .drop_nulls()
+        .to_list()
+    ]
+    domain_info = (
+        domain_table(domains, frames.extra_free_mail)
+        .select(
+            domain="raw_domain",
+            registrable_domain="registrable_domain",
+            is_free_mail="is_free_mail",
+        )
+        .unique("domain")
+    )
+    created_lookup = (
+        people.select("created_at", email="email_addresses")
+        .explode("email")
+        .with_columns(raw=pl.col("email").str.split("@").list.last())
+        .join(domain_info, left_on="raw", right_on="domain")
+        .group_by(domain="registrable_domain")
+        .agg(created_at=pl.min("created_at"))
+    )
+    companies = build_companies(
+        people,
+        domain_info,
+        internal_domains,
+        previous_companies,
+        created_lookup,
+        frames.extra_company_domains or None,
+    )
+    last_used = (
+        vparts.lazy()
+        .join(
+            visible.lazy().select("account_id", "message_id", "sent_at"),
+            on=["account_id", "message_id"],
+        )
+        .group_by("email")
+        .agg(last_used_at=pl.max("sent_at"))
+        .collect()
+    )
+    people = link_people(people, companies, domain_info, last_used)
+
+    # --- 4. person merges: canonical keys already merge; log table kept for later rules
+    person_merges = pl.DataFrame(
+        schema={
+            "survivor_id": pl.String,
+            "merged_id": pl.String,
+            "rule": pl.String,
+            "evidence": pl.String,
+            "merged_at": TS,
+        }
+    )
+
+    # --- 5. interactions and metrics
+    person_keys = person_key_map(people)
+    interactions = dedupe_interactions(
+        email_interactions(visible.lazy(), vparts.lazy(), person_keys.lazy(), frames.accounts)
+    ).join(people.lazy().select("person_id", "company_id"), on="person_id", how="left")
+    interactions = (
+        interactions.select(list(INTERACTIONS_SCHEMA)).collect().cast(INTERACTIONS_SCHEMA)
+    )
+    scores = person_connections(interactions.lazy(), frames.as_of).collect()
+    connections = connections_table(scores.lazy(), people).collect()
+    company_scores = connections.filter(pl.col("person_id").is_null())
+    p_metrics = person_metrics(
+        interactions.lazy(), people, frames.as_of, frames.members, scores.lazy()
+    ).collect()
+    c_metrics = company_metrics(
+        interactions.lazy(), companies, frames.as_of, frames.members, company_scores.lazy()
+    ).collect()
+
+    messages_out = messages_table(visible, vparts)
+    message_flags = (
+        vparts.group_by("account_id", "message_id")
+        .agg(internal_only=pl.col("internal").all())
+        .select(
+            message_key=pl.concat_str(["account_id", "message_id"], separator=":"),
+            internal_only="internal_only",
+        )
+        .join(messages_out.select("message_key"), on="message_key", how="semi")
+        .sort("message_key")
+    )
+    tables = {
+        "people": people,
+        "companies": companies,
+        "person_merges": person_merges,
+        "messages": messages_out,
+        "message_flags": message_flags,
+        "interactions": interactions.drop("weight"),
+        "connections": connections,
+        "person_metrics": p_metrics,
+        "company_metrics": c_metrics,
+        "quarantine": quarantine.select(
+            "account_id", "stream", "item_id", "reason", "detail", "fetched_at"
+        ),
+    }
+    stats = {
+        "messages_current": msgs.height,
+        "messages_blocked": msgs.height - visible.height,
+        "participants_invalid": int((~parts["valid"]).sum()),
+        "quarantined": quarantine.height,
+    }
+    return Staged(tables=tables, stats=stats)
+
+
+def normalise_blocklist(blocklist: pl.DataFrame) -> pl.DataFrame:
+    """Lower-case entries; address entries go through the same normalisation as mail."""
+    if blocklist.is_empty():
+        return pl.DataFrame(schema={"account_id": pl.String, "entry": pl.String, "kind": pl.String})
+    addr = normalise_addresses(blocklist.filter(pl.col("kind") == "address").lazy(), "entry")
+    addr = addr.select("account_id", entry="email", kind="kind").collect()
+    dom = blocklist.filter(pl.col("kind") == "domain").select(
+        "account_id",
+        entry=pl.col("entry")
+        .str.to_lowercase()
+        .str.strip_chars()
+        .str.strip_chars_start("@")
+        .str.strip_chars("."),
+        kind="kind",
+    )
+    return pl.concat([addr.drop_nulls("entry"), dom])
+
+
+def person_key_map(people: pl.DataFrame) -> pl.DataFrame:
+    """canonical_key -> person_id over every address a person holds."""
+    exploded = people.select("person_id", address="email_addresses").explode("address")
+    return (
+        normalise_addresses(exploded.lazy(), "address")
+        .select("canonical_key", "person_id")
+        .drop_nulls()
+        .unique("canonical_key", keep="first")
+        .collect()
+    )
+
+
+def messages_table(visible: pl.DataFrame, vparts: pl.DataFrame) -> pl.DataFrame:
+    """The contract `messages` table (no blocked mail, ever)."""
+
+    def emails(role: str) -> pl.DataFrame:
+        return (
+            vparts.filter(pl.col("role") == role)
+            .with_columns(addr=pl.coalesce("email", pl.col("address").str.to_lowercase()))
+            .group_by("account_id", "message_id")
+            .agg(pl.col("addr").alias(f"{role}_emails"))
+        )
+
+    out = (
+        visible.lazy()
+        .join(emails("from").lazy(), on=["account_id", "message_id"], how="left")
+        .join(emails("to").lazy(), on=["account_id", "message_id"], how="left")
+        .join(emails("cc").lazy(), on=["account_id", "message_id"], how="left")
+        .select(
+            message_key=pl.concat_str(["account_id", "message_id"], separator=":"),
+            account_id="account_id",
+            thread_id="thread_id",
+            rfc_message_id="rfc_message_id",
+            sent_at="sent_at",
+            direction="direction",
+            subject="subject",
+            snippet="snippet",
+            body_text="body_text",
+            from_email=pl.col("from_emails").list.first(),
+            to_emails=pl.col("to_emails").fill_null([]),
+            cc_emails=pl.col("cc_emails").fill_null([]),
+        )
+        .sort("message_key")
+        .collect()
+    )
+    return out

@@ -1,0 +1,398 @@
+"""Automatic record creation (§4.3), companies and domain linking (§4.4), canonical merge (§4.5).
+
+Records are durable: the previous run's people and companies are carried forward and
+only ever gain addresses; ids are stable hashes of the key that created them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import polars as pl
+from nameparser import HumanName
+
+from transforms.rules import is_automated_address, is_list_mail
+
+PERSON_ROLES_SENT = ("to", "cc")
+PERSON_ROLES_RECEIVED = ("from", "to", "cc")
+ROLE_LOCAL_PARTS = (
+    "info",
+    "sales",
+    "support",
+    "hello",
+    "team",
+    "contact",
+    "admin",
+    "office",
+    "help",
+    "billing",
+    "accounts",
+    "careers",
+    "jobs",
+    "press",
+    "marketing",
+    "hr",
+    "legal",
+    "partners",
+)
+
+PEOPLE_SCHEMA = {
+    "person_id": pl.String,
+    "name": pl.String,
+    "first_name": pl.String,
+    "last_name": pl.String,
+    "email_addresses": pl.List(pl.String),
+    "primary_email": pl.String,
+    "company_id": pl.String,
+    "created_at": pl.Datetime("us", "UTC"),
+    "created_from_account": pl.String,
+}
+COMPANIES_SCHEMA = {
+    "company_id": pl.String,
+    "name": pl.String,
+    "domains": pl.List(pl.String),
+    "created_at": pl.Datetime("us", "UTC"),
+}
+
+
+def hash_ids(prefix: str, keys: pl.Series) -> pl.Series:
+    """Stable ids from keys (sha1), computed once per distinct key."""
+    return pl.Series(
+        [f"{prefix}_{hashlib.sha1(k.encode()).hexdigest()[:16]}" for k in keys.to_list()],
+        dtype=pl.String,
+    )
+
+
+def erc_off_intervals(toggles: pl.DataFrame) -> pl.DataFrame:
+    """Intervals [off_from, off_until) during which enhanced record creation was off."""
+    if toggles.is_empty():
+        return pl.DataFrame(
+            schema={"off_from": pl.Datetime("us", "UTC"), "off_until": pl.Datetime("us", "UTC")}
+        )
+    t = toggles.sort("at").with_columns(next_at=pl.col("at").shift(-1))
+    return t.filter(~pl.col("enabled")).select(off_from="at", off_until="next_at")
+
+
+def person_candidates(
+    messages: pl.LazyFrame,
+    participants: pl.LazyFrame,
+    blocked_threads: pl.LazyFrame,
+    erc_off: pl.DataFrame,
+    *,
+    exclude_list_mail: bool = True,
+    automated_pattern: str | None = None,
+) -> pl.LazyFrame:
+    """Participant rows that create people: one row per (address, message) of evidence.
+
+    Sent mail: To/Cc. Received mail: From/To/Cc only when dated inside an interval where
+    enhanced record creation was off (the switch is not retroactive).
+    """
+    msgs = messages.join(blocked_threads, on=["account_id", "thread_id"], how="anti")
+    if exclude_list_mail:
+        msgs = msgs.filter(~is_list_mail())
+    msgs = msgs.select("account_id", "message_id", "direction", "sent_at")
+    rows = participants.filter(pl.col("valid") & ~pl.col("internal")).join(
+        msgs, on=["account_id", "message_id"], how="inner"
+    )
+    automated = (
+        is_automated_address(automated_pattern) if automated_pattern else (is_automated_address())
+    )
+    rows = rows.filter(~automated)
+    sent = rows.filter((pl.col("direction") == "sent") & pl.col("role").is_in(PERSON_ROLES_SENT))
+    received = rows.filter(
+        (pl.col("direction") == "received") & pl.col("role").is_in(PERSON_ROLES_RECEIVED)
+    )
+    if erc_off.height:
+        in_off = pl.lit(False)
+        for row in erc_off.iter_rows(named=True):  # a handful of toggles, not rows of data
+            cond = pl.col("sent_at") >= row["off_from"]
+            if row["off_until"] is not None:
+                cond = cond & (pl.col("sent_at") < row["off_until"])
+            in_off = in_off | cond
+        received = received.filter(in_off)
+    else:
+        received = received.filter(pl.lit(False))
+    cols = ["canonical_key", "email", "name", "account_id", "sent_at"]
+    return pl.concat([sent.select(cols), received.select(cols)])
+
+
+def _is_real_name() -> pl.Expr:
+    name = pl.col("name")
+    return name.is_not_null() & (name.str.strip_chars() != "") & ~name.str.contains("@")
+
+
+def best_names(participants: pl.LazyFrame) -> pl.LazyFrame:
+    """Most frequent real display name per canonical key (ties: alphabetical)."""
+    return (
+        participants.filter(pl.col("valid") & _is_real_name())
+        .with_columns(name=pl.col("name").str.strip_chars().str.strip_chars("'\""))
+        .group_by("canonical_key", "name")
+        .agg(n=pl.len())
+        .sort(["canonical_key", "n", "name"], descending=[False, True, False])
+        .unique(subset="canonical_key", keep="first", maintain_order=True)
+        .select("canonical_key", display_name="name")
+    )
+
+
+def split_names(names: pl.Series) -> pl.DataFrame:
+    """(name, first_name, last_name) for distinct names; nameparser handles 'Doe, Jane'."""
+    rows = []
+    for full in names.unique().drop_nulls().to_list():
+        parsed = HumanName(full)
+        first = parsed.first or None
+        last = parsed.last or None
+        tidy = " ".join(p for p in (first, parsed.middle or None, last) if p) or full
+        rows.append((full, tidy, first, last))
+    return pl.DataFrame(
+        rows,
+        schema={
+            "display_name": pl.String,
+            "name": pl.String,
+            "first_name": pl.String,
+            "last_name": pl.String,
+        },
+        orient="row",
+    )
+
+
+def names_from_local_part(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """jane.doe@ -> Jane / Doe. Role addresses (info@, sales@) get no invented name."""
+    local = pl.col("primary_email").str.split("@").list.first()
+    tokens = (
+        local.str.replace_all(r"[0-9]+", "")
+        .str.split(".")
+        .list.eval(pl.element().filter(pl.element().str.len_chars() > 1))
+    )
+    usable = (tokens.list.len() == 2) & ~local.is_in(ROLE_LOCAL_PARTS)
+    first = tokens.list.first().str.to_titlecase()
+    last = tokens.list.last().str.to_titlecase()
+    return lf.with_columns(
+        first_name=pl.coalesce("first_name", pl.when(usable).then(first)),
+        last_name=pl.coalesce("last_name", pl.when(usable).then(last)),
+    ).with_columns(
+        name=pl.coalesce(
+            "name",
+            pl.when(usable).then(pl.concat_str([first, pl.lit(" "), last])),
+        )
+    )
+
+
+def build_people(
+    candidates: pl.LazyFrame,
+    participants: pl.LazyFrame,
+    previous: pl.DataFrame | None,
+) -> pl.DataFrame:
+    """People keyed by canonical address, merged with the previous run's records."""
+    created = (
+        candidates.sort("sent_at", "account_id")
+        .group_by("canonical_key", maintain_order=True)
+        .agg(
+            created_at=pl.col("sent_at").first(), created_from_account=pl.col("account_id").first()
+        )
+        .collect()
+    )
+    prev_keys = _previous_key_map(previous)
+    new_keys = created.join(prev_keys, on="canonical_key", how="anti")
+    new_people = new_keys.with_columns(person_id=hash_ids("per", new_keys["canonical_key"]))
+    key_map = pl.concat(
+        [
+            prev_keys.select("canonical_key", "person_id"),
+            new_people.select("canonical_key", "person_id"),
+        ]
+    )
+    # Every address seen for each person's canonical key, with use counts.
+    seen = (
+        participants.filter(pl.col("valid"))
+        .join(key_map.lazy(), on="canonical_key", how="inner")
+        .group_by("person_id", "email")
+        .agg(n=pl.len())
+    )
+    if previous is not None and previous.height:
+        prev_addr = (
+            previous.select("person_id", email="email_addresses")
+            .explode("email")
+            .with_columns(n=pl.lit(0, pl.UInt32))
+        )
+        seen = pl.concat([seen, prev_addr.lazy()]).group_by("person_id", "email").agg(n=pl.sum("n"))
+    addresses = (
+        seen.sort(["person_id", "n", "email"], descending=[False, True, False])
+        .group_by("person_id", maintain_order=True)
+        .agg(primary_email=pl.col("email").first(), email_addresses=pl.col("email").sort())
+        .collect()
+    )
+    names = best_names(participants).join(key_map.lazy(), on="canonical_key").collect()
+    # One display name per person: the key with the most recent creation wins ties.
+    names = names.sort("person_id", "display_name").unique("person_id", keep="first")
+    parsed = split_names(names["display_name"])
+    named = names.join(parsed, on="display_name", how="left").select(
+        "person_id", "name", "first_name", "last_name"
+    )
+    base = pl.concat(
+        [
+            new_people.select("person_id", "created_at", "created_from_account"),
+            (
+                previous.select("person_id", "created_at", "created_from_account")
+                if previous is not None
+                else pl.DataFrame(
+                    schema={
+                        "person_id": pl.String,
+                        "created_at": pl.Datetime("us", "UTC"),
+                        "created_from_account": pl.String,
+                    }
+                )
+            ),
+        ]
+    )
+    prev_names = (
+        previous.select("person_id", p_name="name", p_first="first_name", p_last="last_name")
+        if previous is not None
+        else pl.DataFrame(
+            schema={
+                "person_id": pl.String,
+                "p_name": pl.String,
+                "p_first": pl.String,
+                "p_last": pl.String,
+            }
+        )
+    )
+    people = (
+        base.lazy()
+        .join(addresses.lazy(), on="person_id", how="left")
+        .join(named.lazy(), on="person_id", how="left")
+        .join(prev_names.lazy(), on="person_id", how="left")
+        .with_columns(
+            name=pl.coalesce("name", "p_name"),
+            first_name=pl.when(pl.col("name").is_not_null())
+            .then("first_name")
+            .otherwise("p_first"),
+            last_name=pl.when(pl.col("name").is_not_null()).then("last_name").otherwise("p_last"),
+        )
+        .pipe(names_from_local_part)
+        .with_columns(company_id=pl.lit(None, pl.String))
+        .select(list(PEOPLE_SCHEMA))
+        .sort("person_id")
+        .collect()
+    )
+    return people.cast(PEOPLE_SCHEMA)
+
+
+def _previous_key_map(previous: pl.DataFrame | None) -> pl.DataFrame:
+    """canonical key -> person id for every address of every previous person."""
+    from transforms.addresses import canonical_key  # per distinct address, not per row
+
+    if previous is None or previous.is_empty():
+        return pl.DataFrame(schema={"canonical_key": pl.String, "person_id": pl.String})
+    exploded = previous.select("person_id", email="email_addresses").explode("email").drop_nulls()
+    keys = [canonical_key(e) for e in exploded["email"].to_list()]
+    return (
+        exploded.with_columns(canonical_key=pl.Series(keys, dtype=pl.String))
+        .drop_nulls("canonical_key")
+        .sort("person_id")
+        .unique("canonical_key", keep="first", maintain_order=True)
+        .select("canonical_key", "person_id")
+    )
+
+
+def company_name_from_domain(domain: pl.Expr) -> pl.Expr:
+    """acme-corp.co.uk -> 'Acme Corp': the label left of the public suffix, title-cased."""
+    label = domain.str.split(".").list.first()
+    return label.str.replace_all(r"[-_]+", " ").str.strip_chars().str.to_titlecase()
+
+
+def build_companies(
+    people: pl.DataFrame,
+    domain_info: pl.DataFrame,
+    internal_domains: list[str],
+    previous: pl.DataFrame | None,
+    created_lookup: pl.DataFrame,
+    extra_domains: dict[str, str] | None = None,
+) -> pl.DataFrame:
+    """One company per registrable (non-free, non-internal) domain of a person's address.
+
+    `extra_domains` maps an extra domain to the primary domain it joins (configuration only).
+    """
+    addr = people.select("person_id", email="email_addresses").explode("email").drop_nulls()
+    addr = addr.with_columns(raw_domain=pl.col("email").str.split("@").list.last()).join(
+        domain_info, left_on="raw_domain", right_on="domain", how="left"
+    )
+    fresh = (
+        addr.filter(
+            pl.col("registrable_domain").is_not_null()
+            & ~pl.col("is_free_mail").fill_null(False)
+            & ~pl.col("registrable_domain").is_in(internal_domains)
+        )
+        .select(domain="registrable_domain")
+        .unique()
+    )
+    if extra_domains:
+        fresh = fresh.filter(~pl.col("domain").is_in(list(extra_domains)))
+    prev = previous if previous is not None else pl.DataFrame(schema=COMPANIES_SCHEMA)
+    prev_domains = prev.select("company_id", domain="domains").explode("domain")
+    new = fresh.join(prev_domains, on="domain", how="anti").sort("domain")
+    new = new.join(created_lookup, on="domain", how="left").with_columns(
+        company_id=hash_ids("com", new["domain"]),
+        name=company_name_from_domain(pl.col("domain")),
+        domains=pl.concat_list("domain"),
+    )
+    companies = pl.concat([prev.select(list(COMPANIES_SCHEMA)), new.select(list(COMPANIES_SCHEMA))])
+    if extra_domains:
+        extra = pl.DataFrame(
+            {"domain": list(extra_domains), "primary": list(extra_domains.values())}
+        )
+        add = (
+            companies.select("company_id", primary="domains")
+            .explode("primary")
+            .join(extra, on="primary")
+            .group_by("company_id")
+            .agg(extra=pl.col("domain"))
+        )
+        companies = (
+            companies.join(add, on="company_id", how="left")
+            .with_columns(
+                domains=pl.concat_list("domains", pl.col("extra").fill_null([]))
+                .list.unique()
+                .list.sort()
+            )
+            .drop("extra")
+        )
+    return companies.cast(COMPANIES_SCHEMA).sort("company_id")
+
+
+def link_people(
+    people: pl.DataFrame,
+    companies: pl.DataFrame,
+    domain_info: pl.DataFrame,
+    last_used: pl.DataFrame,
+) -> pl.DataFrame:
+    """company_id = the company of the person's most recently used linked address."""
+    company_domains = companies.select("company_id", registrable_domain="domains").explode(
+        "registrable_domain"
+    )
+    addr = (
+        people.select("person_id", email="email_addresses")
+        .explode("email")
+        .drop_nulls()
+        .with_columns(raw_domain=pl.col("email").str.split("@").list.last())
+        .join(
+            domain_info.select("domain", "registrable_domain"),
+            left_on="raw_domain",
+            right_on="domain",
+            how="left",
+        )
+    )
+    # Subdomains of a configured extra domain also count (mail.extra.com -> extra.com).
+    links = (
+        addr.join(company_domains, on="registrable_domain", how="inner")
+        .join(last_used, on="email", how="left")
+        .sort(
+            ["person_id", "last_used_at", "email"], descending=[False, True, False], nulls_last=True
+        )
+        .unique("person_id", keep="first", maintain_order=True)
+        .select("person_id", linked="company_id")
+    )
+    return (
+        people.join(links, on="person_id", how="left")
+        .with_columns(company_id=pl.col("linked"))
+        .drop("linked")
+        .select(list(PEOPLE_SCHEMA))
+    )

@@ -1,0 +1,100 @@
+"""Publish staged tables into DuckDB atomically.
+
+Each publish builds a complete new database file next to the live one, checkpoints
+and fsyncs it, then renames it over `warehouse.duckdb`. Analysts holding the old file
+open read-only keep a consistent snapshot; new connections see the new run. A failed
+run never touches the live file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+
+def sql_text(name: str) -> str:
+    return resources.files("warehouse").joinpath("sql", name).read_text()
+
+
+def read_previous(warehouse: Path, table: str) -> pl.DataFrame | None:
+    """A table of the published warehouse, or None if there is none yet."""
+    if not warehouse.exists():
+        return None
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        tables = {
+            r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+        }
+        if table not in tables:
+            return None
+        return con.execute(f'SELECT * FROM "{table}"').pl()  # table is ours, not user input
+    finally:
+        con.close()
+
+
+def publish(
+    warehouse: Path,
+    tables: dict[str, pl.DataFrame],
+    sync_runs: pl.DataFrame,
+    run_id: str,
+) -> int:
+    """Write every table into a fresh file and swap it in. Returns rows published."""
+    tmp = warehouse.with_name(f".{warehouse.name}.{run_id}.building")
+    for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
+        leftover.unlink(missing_ok=True)
+    rows = 0
+    con = duckdb.connect(str(tmp))
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("BEGIN")
+        con.execute(sql_text("schema.sql"))
+        for name, frame in {**tables, "sync_runs": sync_runs}.items():
+            arrow = frame.to_arrow()
+            con.register("staged_frame", arrow)
+            con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM staged_frame")
+            con.unregister("staged_frame")
+            rows += frame.height
+        con.execute(sql_text("messages_for.sql"))
+        con.execute("COMMIT")
+        con.execute("CHECKPOINT")
+    except Exception:
+        con.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    con.close()
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, warehouse)
+    dir_fd = os.open(warehouse.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return rows
+
+
+def query_readonly(
+    warehouse: Path, sql: str, params: dict[str, Any] | None = None
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run one query on a read-only connection (what analysts and `rapport sql` use)."""
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        cur = con.execute(sql, params or {})
+        cols = [d[0] for d in cur.description] if cur.description else []
+        return cols, cur.fetchall()
+    finally:
+        con.close()
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)

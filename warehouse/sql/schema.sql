@@ -1,0 +1,171 @@
+-- The contract tables of DESIGN §5. Built fresh into a new file on every publish,
+-- then swapped in atomically, so readers never see half a run.
+CREATE TABLE members (
+    member_id VARCHAR PRIMARY KEY,
+    email     VARCHAR NOT NULL,
+    name      VARCHAR
+);
+
+CREATE TABLE accounts (
+    account_id      VARCHAR PRIMARY KEY,
+    member_id       VARCHAR NOT NULL,
+    provider        VARCHAR NOT NULL,
+    email           VARCHAR NOT NULL,
+    aliases         VARCHAR[],
+    status          VARCHAR NOT NULL,
+    default_sharing VARCHAR NOT NULL,
+    connected_at    TIMESTAMPTZ,
+    removed_at      TIMESTAMPTZ,
+    last_synced_at  TIMESTAMPTZ
+);
+
+CREATE TABLE blocklist (
+    account_id VARCHAR NOT NULL,
+    entry      VARCHAR NOT NULL,
+    kind       VARCHAR NOT NULL,
+    added_at   TIMESTAMPTZ
+);
+
+-- Individual full-access grants (DESIGN §4.7); read by messages_for().
+CREATE TABLE sharing_grants (
+    account_id   VARCHAR NOT NULL,
+    member_email VARCHAR NOT NULL
+);
+
+CREATE TABLE people (
+    person_id            VARCHAR PRIMARY KEY,
+    name                 VARCHAR,
+    first_name           VARCHAR,
+    last_name            VARCHAR,
+    email_addresses      VARCHAR[] NOT NULL,
+    primary_email        VARCHAR NOT NULL,
+    company_id           VARCHAR,
+    created_at           TIMESTAMPTZ,
+    created_from_account VARCHAR
+);
+
+CREATE TABLE companies (
+    company_id VARCHAR PRIMARY KEY,
+    name       VARCHAR,
+    domains    VARCHAR[] NOT NULL,
+    created_at TIMESTAMPTZ
+);
+
+CREATE TABLE person_merges (
+    survivor_id VARCHAR NOT NULL,
+    merged_id   VARCHAR NOT NULL,
+    rule        VARCHAR NOT NULL,
+    evidence    VARCHAR,
+    merged_at   TIMESTAMPTZ
+);
+
+CREATE TABLE messages (
+    message_key    VARCHAR PRIMARY KEY,
+    account_id     VARCHAR NOT NULL,
+    thread_id      VARCHAR,
+    rfc_message_id VARCHAR,
+    sent_at        TIMESTAMPTZ,
+    direction      VARCHAR NOT NULL,
+    subject        VARCHAR,
+    snippet        VARCHAR,
+    body_text      VARCHAR,
+    from_email     VARCHAR,
+    to_emails      VARCHAR[],
+    cc_emails      VARCHAR[]
+);
+
+-- Per-message facts the privacy macro needs but analysts rarely do.
+CREATE TABLE message_flags (
+    message_key   VARCHAR PRIMARY KEY,
+    internal_only BOOLEAN NOT NULL
+);
+
+CREATE TABLE events (
+    event_key       VARCHAR PRIMARY KEY,
+    account_id      VARCHAR NOT NULL,
+    starts_at       TIMESTAMPTZ,
+    ends_at         TIMESTAMPTZ,
+    title           VARCHAR,
+    organizer_email VARCHAR,
+    attendee_emails VARCHAR[],
+    status          VARCHAR
+);
+
+CREATE TABLE interactions (
+    member_id  VARCHAR NOT NULL,
+    person_id  VARCHAR NOT NULL,
+    company_id VARCHAR,
+    account_id VARCHAR NOT NULL,
+    kind       VARCHAR NOT NULL,
+    at         TIMESTAMPTZ NOT NULL,
+    source_key VARCHAR NOT NULL
+);
+
+CREATE TABLE connections (
+    member_id  VARCHAR NOT NULL,
+    person_id  VARCHAR,
+    company_id VARCHAR,
+    score      DOUBLE NOT NULL,
+    strength   VARCHAR NOT NULL
+);
+
+CREATE TABLE person_metrics (
+    person_id                     VARCHAR PRIMARY KEY,
+    first_interaction_at          TIMESTAMPTZ,
+    last_interaction_at           TIMESTAMPTZ,
+    last_interaction_kind         VARCHAR,
+    last_interaction_member       VARCHAR,
+    first_email_at                TIMESTAMPTZ,
+    last_email_at                 TIMESTAMPTZ,
+    first_meeting_at              TIMESTAMPTZ,
+    last_meeting_at               TIMESTAMPTZ,
+    next_meeting_at               TIMESTAMPTZ,
+    emails_30d                    BIGINT,
+    emails_90d                    BIGINT,
+    emails_365d                   BIGINT,
+    meetings_90d                  BIGINT,
+    strongest_connection_member   VARCHAR,
+    strongest_connection_strength VARCHAR,
+    strongest_connection_score    DOUBLE
+);
+
+CREATE TABLE company_metrics (
+    company_id                    VARCHAR PRIMARY KEY,
+    first_interaction_at          TIMESTAMPTZ,
+    last_interaction_at           TIMESTAMPTZ,
+    last_interaction_kind         VARCHAR,
+    last_interaction_member       VARCHAR,
+    first_email_at                TIMESTAMPTZ,
+    last_email_at                 TIMESTAMPTZ,
+    first_meeting_at              TIMESTAMPTZ,
+    last_meeting_at               TIMESTAMPTZ,
+    next_meeting_at               TIMESTAMPTZ,
+    emails_30d                    BIGINT,
+    emails_90d                    BIGINT,
+    emails_365d                   BIGINT,
+    meetings_90d                  BIGINT,
+    strongest_connection_member   VARCHAR,
+    strongest_connection_strength VARCHAR,
+    strongest_connection_score    DOUBLE
+);
+
+-- Items a connector could not parse, with the reason (never their content).
+CREATE TABLE quarantine (
+    account_id VARCHAR NOT NULL,
+    stream     VARCHAR NOT NULL,
+    item_id    VARCHAR NOT NULL,
+    reason     VARCHAR NOT NULL,
+    detail     VARCHAR,
+    fetched_at TIMESTAMPTZ
+);
+
+CREATE TABLE sync_runs (
+    run_id              VARCHAR PRIMARY KEY,
+    started_at          TIMESTAMPTZ NOT NULL,
+    finished_at         TIMESTAMPTZ,
+    status              VARCHAR NOT NULL,
+    accounts            VARCHAR,
+    rows_landed         BIGINT,
+    rows_published      BIGINT,
+    expectation_results VARCHAR
+);
