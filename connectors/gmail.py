@@ -226,6 +226,7 @@ class GmailClient:
     def get_many(self, ids: list[str], fmt: str) -> dict[str, dict[str, Any] | None]:
         """Batch-get messages; None for ids that no longer exist (404)."""
         out: dict[str, dict[str, Any] | None] = {}
+        messages_api = self.service.users().messages()  # built once: costly per request
         pending = list(ids)
         attempt = 0
         policy = self.settings.retry
@@ -260,7 +261,7 @@ class GmailClient:
             batch = BatchHttpRequest(callback=callback, batch_uri=self.root + "batch/gmail/v1")
             for mid in chunk:
                 batch.add(
-                    self.service.users().messages().get(userId="me", id=mid, format=fmt),
+                    messages_api.get(userId="me", id=mid, format=fmt),
                     request_id=mid,
                 )
             self.execute(batch, UNITS["get"] * len(chunk))

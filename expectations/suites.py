@@ -87,7 +87,10 @@ def run_gate(
     import great_expectations.expectations as gxe
 
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
     source = context.data_sources.add_pandas(name="staged")
     lo = datetime(1971, 1, 1)
     hi = (as_of + timedelta(days=3650)).replace(tzinfo=None)

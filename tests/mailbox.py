@@ -50,8 +50,13 @@ class Sandbox:
     def add_member(self, email: str, aliases: list[str] | None = None) -> str:
         m = new_member(email)
         self.ws.members.append(m)
-        acc = Account(account_id=account_id_for("google", email), member_id=m.member_id,
-                      provider="google", email=email, aliases=aliases or [])
+        acc = Account(
+            account_id=account_id_for("google", email),
+            member_id=m.member_id,
+            provider="google",
+            email=email,
+            aliases=aliases or [],
+        )
         self.ws.accounts.append(acc)
         return acc.account_id
 
@@ -65,33 +70,66 @@ class Sandbox:
         batch = lake.Batch(self.account(owner))
         for m in mails:
             if m.blocked_marker:
-                batch.add("messages", {"provider": "google", "stream": "gmail",
-                                       "message_id": m.id, "thread_id": m.thread or m.id,
-                                       "op": "upsert", "blocked": True, "labels": []})
+                batch.add(
+                    "messages",
+                    {
+                        "provider": "google",
+                        "stream": "gmail",
+                        "message_id": m.id,
+                        "thread_id": m.thread or m.id,
+                        "op": "upsert",
+                        "blocked": True,
+                        "labels": [],
+                    },
+                )
                 continue
-            batch.add("messages", {
-                "provider": "google", "stream": "gmail", "message_id": m.id,
-                "thread_id": m.thread or m.id, "rfc_message_id": m.rfc_id or f"<{m.id}@test>",
-                "op": "upsert", "blocked": False, "sent_at": ts(m.at), "subject": m.subject,
-                "snippet": "snip", "body_text": "body", "labels": m.labels,
-                "list_id": m.list_id, "precedence": m.precedence,
-            })
+            batch.add(
+                "messages",
+                {
+                    "provider": "google",
+                    "stream": "gmail",
+                    "message_id": m.id,
+                    "thread_id": m.thread or m.id,
+                    "rfc_message_id": m.rfc_id or f"<{m.id}@test>",
+                    "op": "upsert",
+                    "blocked": False,
+                    "sent_at": ts(m.at),
+                    "subject": m.subject,
+                    "snippet": "snip",
+                    "body_text": "body",
+                    "labels": m.labels,
+                    "list_id": m.list_id,
+                    "precedence": m.precedence,
+                },
+            )
             roles = [("from", m.sender)] + [("to", a) for a in m.to] + [("cc", a) for a in m.cc]
             for role, addr in roles:
-                batch.add("participants", {"message_id": m.id, "role": role, "address": addr,
-                                           "name": m.names.get(addr)})
+                batch.add(
+                    "participants",
+                    {"message_id": m.id, "role": role, "address": addr, "name": m.names.get(addr)},
+                )
         lake.flush(self.lake, batch)
 
     def delete(self, owner: str, message_id: str) -> None:
         batch = lake.Batch(self.account(owner))
-        batch.add("messages", {"provider": "google", "stream": "gmail", "message_id": message_id,
-                               "op": "delete", "blocked": False, "labels": []})
+        batch.add(
+            "messages",
+            {
+                "provider": "google",
+                "stream": "gmail",
+                "message_id": message_id,
+                "op": "delete",
+                "blocked": False,
+                "labels": [],
+            },
+        )
         lake.flush(self.lake, batch)
 
     def build(self, previous: Staged | None = None, as_of: datetime = AS_OF) -> Staged:
         frames = workspace_frames(self.ws, as_of)
         return build(
-            self.lake, frames,
+            self.lake,
+            frames,
             previous_people=previous.tables["people"] if previous else None,
             previous_companies=previous.tables["companies"] if previous else None,
         )
@@ -99,3 +137,138 @@ class Sandbox:
 
 def emails_of(people: pl.DataFrame) -> set[str]:
     return set(people.select(pl.col("email_addresses").explode()).to_series().to_list())
+
+
+# ---------------------------------------------------------------- simulator mail
+def sim_mail(
+    n: int,
+    sender: str,
+    to: list[str],
+    *,
+    cc: list[str] | None = None,
+    labels: list[str] | None = None,
+    at: str = "2026-05-01T10:00:00",
+    subject: str | None = None,
+    thread: int | None = None,
+    extra: list[tuple[str, str]] | None = None,
+    body: bytes = b"Hello there,\nshall we meet next week?\n",
+    charset: str = "utf-8",
+):
+    """A SimMessage for the Gmail simulator with RFC 822 headers."""
+    import email.utils
+
+    from connectors.simulators.model import SimMessage
+
+    when = ts(at)
+    headers = [("From", sender), ("To", ", ".join(to))]
+    if cc:
+        headers.append(("Cc", ", ".join(cc)))
+    headers += [
+        ("Subject", subject or f"Message {n}"),
+        ("Date", email.utils.format_datetime(when)),
+        ("Message-ID", f"<msg-{n}@test.example>"),
+        *(extra or []),
+        ("Content-Type", f'text/plain; charset="{charset}"'),
+    ]
+    return SimMessage(
+        id=f"{n:016x}",
+        thread_id=f"{(thread or n):016x}",
+        internal_date_ms=int(when.timestamp() * 1000),
+        label_ids=labels or ["INBOX"],
+        headers=headers,
+        body=body,
+        snippet=body[:60].decode("utf-8", "replace"),
+    )
+
+
+# ---------------------------------------------------------------- whole-pipeline helpers
+CLIENT_ID, CLIENT_SECRET = "rapport-test", "secret"
+
+
+def refresh_token(email: str) -> str:
+    return "rt-" + email.split("@")[0]
+
+
+def connect(home, sim, email: str, *, aliases: list[str] | None = None, name: str | None = None):
+    """Create a simulator user (if new) and register it as an account, as a user would."""
+    from flows.cli import add_account
+
+    try:
+        sim.mailbox(email)
+    except KeyError:
+        sim.add_user(
+            email,
+            aliases=aliases or [],
+            refresh_token=refresh_token(email),
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+        )
+    return add_account(
+        home,
+        provider="google",
+        email=email,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        refresh_token=refresh_token(email),
+        api_endpoint=sim.root_url,
+        token_uri=sim.token_uri,
+        aliases=aliases or [],
+        name=name,
+    )
+
+
+def run_pipeline(home, as_of: datetime = AS_OF, validate: bool = True):
+    """Everything sync_workspace does, without the Prefect wrapper (for fast property tests)."""
+    from flows.engine import (
+        STREAMS_BY_PROVIDER,
+        build_and_publish,
+        extract_stream,
+        new_run_id,
+        record_stream_results,
+    )
+
+    ws = home.load()
+    results = [
+        extract_stream(home, a.account_id, s)
+        for a in ws.active_accounts()
+        for s in STREAMS_BY_PROVIDER[a.provider]
+    ]
+    record_stream_results(home, results)
+    out = build_and_publish(home, new_run_id(), as_of, results, datetime.now(UTC), validate)
+    return results, out
+
+
+SNAPSHOT_SKIP = {"sync_runs": None, "accounts": ["last_synced_at", "connected_at"]}
+
+
+def snapshot(warehouse: Path) -> dict[str, pl.DataFrame]:
+    """Every published table, sorted, minus run bookkeeping (times of the run itself)."""
+    import duckdb
+
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        names = [
+            r[0]
+            for r in con.execute(
+                "SELECT table_name FROM information_schema.tables ORDER BY 1"
+            ).fetchall()
+        ]
+        out = {}
+        for name in names:
+            if name in SNAPSHOT_SKIP and SNAPSHOT_SKIP[name] is None:
+                continue
+            df = con.sql(f'SELECT * FROM "{name}"').pl()
+            df = df.drop([c for c in SNAPSHOT_SKIP.get(name) or [] if c in df.columns])
+            sortable = [c for c, t in df.schema.items() if not isinstance(t, pl.List)]
+            out[name] = df.sort(sortable, nulls_last=True) if sortable else df
+        return out
+    finally:
+        con.close()
+
+
+def assert_same_warehouse(a: dict[str, pl.DataFrame], b: dict[str, pl.DataFrame]) -> None:
+    from polars.testing import assert_frame_equal
+
+    assert a.keys() == b.keys()
+    for name in a:
+        assert_frame_equal(a[name], b[name], check_exact=False, rtol=1e-9), name

@@ -33,7 +33,9 @@ def read_previous(warehouse: Path, table: str) -> pl.DataFrame | None:
         }
         if table not in tables:
             return None
-        return con.execute(f'SELECT * FROM "{table}"').pl()  # table is ours, not user input
+        frame = con.sql(f'SELECT * FROM "{table}"').pl()  # table is ours, not user input
+        # DuckDB reports 'Etc/UTC'; staged frames use 'UTC'. Same instant, same zone.
+        return frame.with_columns(pl.col(pl.Datetime).dt.convert_time_zone("UTC"))
     finally:
         con.close()
 

@@ -97,7 +97,7 @@ CREATE TABLE interactions (
     company_id VARCHAR,
     account_id VARCHAR NOT NULL,
     kind       VARCHAR NOT NULL,
-    at         TIMESTAMPTZ NOT NULL,
+    "at"       TIMESTAMPTZ NOT NULL,
     source_key VARCHAR NOT NULL
 );
 
