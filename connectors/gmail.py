@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +27,7 @@ from googleapiclient.errors import HttpError
 from googleapiclient.http import BatchHttpRequest
 
 from connectors import lake
+from connectors.base import ProgressFn, SyncResult
 from connectors.mailparse import (
     Blocklist,
     Malformed,
@@ -72,19 +72,7 @@ class GmailSettings:
     after: datetime | None = None  # backfill window (first sync only)
 
 
-@dataclass
-class SyncResult:
-    mode: str  # full | incremental | resync
-    landed: int = 0
-    deleted: int = 0
-    blocked: int = 0
-    quarantined: int = 0
-    provider_total: int | None = None
-    cursor: dict[str, Any] | None = None
-    retries: int = 0
 
-
-ProgressFn = Callable[[int, int | None], None]
 
 
 def _http_error_status(exc: HttpError) -> int:
@@ -445,6 +433,10 @@ class GmailSync:
                 result = self.full(mode="resync")
         else:
             result = self.full(mode="full")
+        try:
+            result.aliases = self.client.send_as()
+        except HttpError:
+            result.aliases = None  # aliases are a nicety; never fail a sync over them
         result.retries = self.client.retries
         return result
 

@@ -46,6 +46,7 @@ class StreamResult:
     retries: int = 0
     error: str | None = None
     seconds: float = 0.0
+    aliases: list[str] | None = None
 
 
 def retry_policy() -> RetryPolicy:
@@ -106,6 +107,7 @@ def extract_stream(
         result.landed, result.deleted = out.landed, out.deleted
         result.blocked, result.quarantined = out.blocked, out.quarantined
         result.provider_total, result.retries = out.provider_total, out.retries
+        result.aliases = out.aliases
     except AuthFailure as exc:
         result.status, result.error = "disconnected", f"auth failed: {exc}"
     except Exception as exc:  # noqa: BLE001 - one account's failure must not stop the others
@@ -125,6 +127,9 @@ def record_stream_results(home: Home, results: list[StreamResult]) -> None:
                     continue
                 if res.status == "ok":
                     acc.last_synced_at = now
+                    if res.aliases:
+                        extra = {a.lower() for a in res.aliases} - {acc.email}
+                        acc.aliases = sorted(set(acc.aliases) | extra)
                     acc.last_error = None
                     if acc.status == "disconnected":
                         acc.status, acc.status_reason = "active", None
