@@ -110,6 +110,64 @@ class Sandbox:
                 )
         lake.flush(self.lake, batch)
 
+    def land_event(
+        self,
+        owner: str,
+        event_id: str,
+        start: str,
+        organizer: str,
+        attendees: list[str],
+        *,
+        ical_uid: str | None = None,
+        status: str = "confirmed",
+        hours: int = 1,
+        declined: tuple[str, ...] = (),
+        rooms: tuple[str, ...] = (),
+    ) -> None:
+        from datetime import timedelta
+
+        batch = lake.Batch(self.account(owner))
+        begin = ts(start)
+        batch.add(
+            "events",
+            {
+                "provider": "google",
+                "stream": "gcalendar",
+                "event_id": event_id,
+                "ical_uid": ical_uid or f"{event_id}@cal",
+                "op": "upsert",
+                "status": status,
+                "title": f"Meeting {event_id}",
+                "starts_at": begin,
+                "ends_at": begin + timedelta(hours=hours),
+                "all_day": False,
+            },
+        )
+        batch.add(
+            "attendees",
+            {
+                "event_id": event_id,
+                "role": "organizer",
+                "address": organizer,
+                "name": None,
+                "response_status": "accepted",
+                "resource": False,
+            },
+        )
+        for addr in attendees + list(rooms):
+            batch.add(
+                "attendees",
+                {
+                    "event_id": event_id,
+                    "role": "attendee",
+                    "address": addr,
+                    "name": None,
+                    "response_status": "declined" if addr in declined else "accepted",
+                    "resource": addr in rooms,
+                },
+            )
+        lake.flush(self.lake, batch)
+
     def delete(self, owner: str, message_id: str) -> None:
         batch = lake.Batch(self.account(owner))
         batch.add(

@@ -173,10 +173,11 @@ def _metrics(
         first_meeting_at=at.filter(is_meeting & past).min(),
         last_meeting_at=at.filter(is_meeting & past).max(),
         next_meeting_at=at.filter(is_meeting & (at > as_of)).min(),
-        emails_30d=(is_email & within(30)).sum().cast(pl.Int64),
-        emails_90d=(is_email & within(90)).sum().cast(pl.Int64),
-        emails_365d=(is_email & within(365)).sum().cast(pl.Int64),
-        meetings_90d=(is_meeting & within(90)).sum().cast(pl.Int64),
+        # Distinct sources: mail to two members, or a shared meeting, counts once.
+        emails_30d=pl.col("source_key").filter(is_email & within(30)).n_unique().cast(pl.Int64),
+        emails_90d=pl.col("source_key").filter(is_email & within(90)).n_unique().cast(pl.Int64),
+        emails_365d=pl.col("source_key").filter(is_email & within(365)).n_unique().cast(pl.Int64),
+        meetings_90d=pl.col("source_key").filter(is_meeting & within(90)).n_unique().cast(pl.Int64),
     )
     emails = member_emails.lazy().select("member_id", member_email="email")
     best = (
@@ -202,6 +203,7 @@ def _metrics(
     )
 
 
+COUNT_COLUMNS = ["emails_30d", "emails_90d", "emails_365d", "meetings_90d"]
 METRIC_COLUMNS = [
     "first_interaction_at",
     "last_interaction_at",
@@ -234,6 +236,7 @@ def person_metrics(
         people.lazy()
         .select("person_id")
         .join(m, on="person_id", how="left")
+        .with_columns(pl.col(COUNT_COLUMNS).fill_null(0))
         .select("person_id", *METRIC_COLUMNS)
         .sort("person_id")
     )
@@ -254,6 +257,7 @@ def company_metrics(
         companies.lazy()
         .select("company_id")
         .join(m, on="company_id", how="left")
+        .with_columns(pl.col(COUNT_COLUMNS).fill_null(0))
         .select("company_id", *METRIC_COLUMNS)
         .sort("company_id")
     )

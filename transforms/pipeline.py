@@ -16,6 +16,13 @@ import polars as pl
 from connectors import lake
 from transforms.addresses import domain_table, normalise_addresses
 from transforms.current import current_messages, current_participants, latest_versions
+from transforms.events import (
+    EVENTS_SCHEMA,
+    attendee_candidates,
+    current_events,
+    events_table,
+    meeting_interactions,
+)
 from transforms.metrics import (
     INTERACTIONS_SCHEMA,
     company_metrics,
@@ -35,6 +42,8 @@ from transforms.records import (
 from transforms.rules import split_blocked, with_direction, with_internal_flag
 
 TS = pl.Datetime("us", "UTC")
+# Columns of participant-like rows (mail participants, event attendees) used for names.
+NAME_SOURCE = ["canonical_key", "email", "name", "valid"]
 
 
 @dataclass
@@ -104,6 +113,21 @@ def build(
     msgs = current_messages(raw_msgs).collect()
     parts = current_participants(scan(lake_dir, "participants", account_ids), msgs.lazy())
     parts = with_internal_flag(parts, internal_addresses, internal_domains).collect()
+    raw_events = current_events(scan(lake_dir, "events", account_ids)).collect()
+    att = current_participants(
+        scan(lake_dir, "attendees", account_ids).rename({"event_id": "message_id"}),
+        raw_events.lazy().rename({"event_id": "message_id"}),
+    )
+    att = (
+        with_internal_flag(att, internal_addresses, internal_domains)
+        .rename({"message_id": "event_id"})
+        .collect()
+    )
+    blocked_events = raw_events.filter(pl.col("blocked"))
+    events = raw_events.filter(~pl.col("blocked"))
+    att = att.join(
+        blocked_events.select("account_id", "event_id"), on=["account_id", "event_id"], how="anti"
+    )
     quarantine = latest_versions(
         scan(lake_dir, "quarantine", account_ids).with_columns(seq=pl.lit(0, pl.Int32)),
         ["account_id", "item_id"],
@@ -125,7 +149,14 @@ def build(
         erc_off,
         exclude_list_mail=frames.exclude_list_mail,
     )
-    people = build_people(candidates, vparts.lazy(), previous_people)
+    candidates = pl.concat(
+        [candidates, attendee_candidates(events.lazy(), att.lazy(), frames.as_of)]
+    )
+    people = build_people(
+        candidates,
+        pl.concat([vparts.lazy().select(NAME_SOURCE), att.lazy().select(NAME_SOURCE)]),
+        previous_people,
+    )
 
     # --- 3. companies and domain linking
     domains = [e.split("@")[1] for e in people["primary_email"].drop_nulls().to_list()]
@@ -187,7 +218,16 @@ def build(
     # --- 5. interactions and metrics
     person_keys = person_key_map(people)
     interactions = dedupe_interactions(
-        email_interactions(visible.lazy(), vparts.lazy(), person_keys.lazy(), frames.accounts)
+        pl.concat(
+            [
+                email_interactions(
+                    visible.lazy(), vparts.lazy(), person_keys.lazy(), frames.accounts
+                ),
+                meeting_interactions(
+                    events.lazy(), att.lazy(), person_keys.lazy(), frames.accounts
+                ),
+            ]
+        )
     ).join(people.lazy().select("person_id", "company_id"), on="person_id", how="left")
     interactions = (
         interactions.select(list(INTERACTIONS_SCHEMA)).collect().cast(INTERACTIONS_SCHEMA)
@@ -219,6 +259,9 @@ def build(
         "person_merges": person_merges,
         "messages": messages_out,
         "message_flags": message_flags,
+        "events": events_table(events, att)
+        if events.height
+        else pl.DataFrame(schema=EVENTS_SCHEMA),
         "interactions": interactions.drop("weight"),
         "connections": connections,
         "person_metrics": p_metrics,
@@ -230,6 +273,8 @@ def build(
     stats = {
         "messages_current": msgs.height,
         "messages_blocked": msgs.height - visible.height,
+        "events_current": events.height,
+        "events_blocked": blocked_events.height,
         "participants_invalid": int((~parts["valid"]).sum()),
         "quarantined": quarantine.height,
     }
