@@ -178,6 +178,9 @@ def workspace_frames(ws: Workspace, as_of: datetime) -> WorkspaceFrames:
         ),
         as_of=as_of,
         extra_free_mail=list(ws.extra_free_mail_domains),
+        extra_company_domains=dict(ws.company_domains),
+        exclude_list_mail=ws.exclude_list_mail,
+        automated_pattern=ws.automated_senders_pattern,
     )
 
 
@@ -288,6 +291,7 @@ def build_and_publish(
         frames,
         previous_people=read_previous(home.warehouse, "people"),
         previous_companies=read_previous(home.warehouse, "companies"),
+        previous_merges=read_previous(home.warehouse, "person_merges"),
     )
     timings["transform_s"] = round(time.perf_counter() - t0, 3)
     tables = dict(staged.tables)

@@ -115,6 +115,14 @@ class Workspace:
     # Each toggle of enhanced record creation: {"enabled": bool, "at": iso}.
     enhanced_record_creation: list[dict[str, Any]] = field(default_factory=list)
     extra_free_mail_domains: list[str] = field(default_factory=list)
+    # extra domain -> the registrable domain of the company it joins (configuration only)
+    company_domains: dict[str, str] = field(default_factory=dict)
+    exclude_list_mail: bool = True
+    automated_senders_pattern: str | None = None  # regex on the local part; None = default
+    # account_id -> blocklist fingerprint last applied to the lake (retroactive purge)
+    purged_blocklists: dict[str, str] = field(default_factory=dict)
+    # account ids whose blocked markers must be re-fetched (an entry was removed)
+    refetch_blocked: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------ lookups
     def account_by_email(self, email: str) -> Account:
@@ -143,6 +151,14 @@ class Workspace:
     def blocklist_for(self, account_id: str) -> list[BlocklistEntry]:
         return [b for b in self.blocklist if b.account_id == account_id]
 
+    def blocklist_fingerprint(self, account_id: str) -> str:
+        entries = sorted(f"{b.kind}:{b.entry}" for b in self.blocklist_for(account_id))
+        return hashlib.sha1("\n".join(entries).encode()).hexdigest()
+
+    def erc_enabled(self) -> bool:
+        toggles = self.enhanced_record_creation
+        return bool(toggles[-1]["enabled"]) if toggles else True
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -154,6 +170,11 @@ class Workspace:
             blocklist=[BlocklistEntry(**b) for b in data.get("blocklist", [])],
             enhanced_record_creation=list(data.get("enhanced_record_creation", [])),
             extra_free_mail_domains=list(data.get("extra_free_mail_domains", [])),
+            company_domains=dict(data.get("company_domains", {})),
+            exclude_list_mail=bool(data.get("exclude_list_mail", True)),
+            automated_senders_pattern=data.get("automated_senders_pattern"),
+            purged_blocklists=dict(data.get("purged_blocklists", {})),
+            refetch_blocked=list(data.get("refetch_blocked", [])),
         )
 
 

@@ -190,6 +190,7 @@ class Sandbox:
             frames,
             previous_people=previous.tables["people"] if previous else None,
             previous_companies=previous.tables["companies"] if previous else None,
+            previous_merges=previous.tables["person_merges"] if previous else None,
         )
 
 

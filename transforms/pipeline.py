@@ -23,6 +23,7 @@ from transforms.events import (
     events_table,
     meeting_interactions,
 )
+from transforms.merges import apply_merges
 from transforms.metrics import (
     INTERACTIONS_SCHEMA,
     company_metrics,
@@ -59,6 +60,7 @@ class WorkspaceFrames:
     extra_free_mail: list[str] = field(default_factory=list)
     extra_company_domains: dict[str, str] = field(default_factory=dict)
     exclude_list_mail: bool = True
+    automated_pattern: str | None = None
 
 
 @dataclass
@@ -104,6 +106,7 @@ def build(
     frames: WorkspaceFrames,
     previous_people: pl.DataFrame | None = None,
     previous_companies: pl.DataFrame | None = None,
+    previous_merges: pl.DataFrame | None = None,
 ) -> Staged:
     account_ids = frames.accounts.filter(pl.col("status") != "removed")["account_id"].to_list()
     internal_addresses, internal_domains = internal_sets(frames)
@@ -148,6 +151,7 @@ def build(
         blocked_threads.lazy(),
         erc_off,
         exclude_list_mail=frames.exclude_list_mail,
+        automated_pattern=frames.automated_pattern,
     )
     candidates = pl.concat(
         [candidates, attendee_candidates(events.lazy(), att.lazy(), frames.as_of)]
@@ -192,6 +196,8 @@ def build(
         created_lookup,
         frames.extra_company_domains or None,
     )
+    # --- 4. dedup merges (before linking, so a survivor links by all its addresses)
+    people, person_merges = apply_merges(people, domain_info, previous_merges)
     last_used = (
         vparts.lazy()
         .join(
@@ -203,17 +209,6 @@ def build(
         .collect()
     )
     people = link_people(people, companies, domain_info, last_used)
-
-    # --- 4. person merges: canonical keys already merge; log table kept for later rules
-    person_merges = pl.DataFrame(
-        schema={
-            "survivor_id": pl.String,
-            "merged_id": pl.String,
-            "rule": pl.String,
-            "evidence": pl.String,
-            "merged_at": TS,
-        }
-    )
 
     # --- 5. interactions and metrics
     person_keys = person_key_map(people)

@@ -337,3 +337,58 @@ def test_meetings_create_people_and_count_once_per_member(tmp_path):
     assert m["meetings_90d"] == 1
     assert staged.tables["events"].height == 3
     assert AS_OF.year == 2026
+
+
+def test_same_full_name_on_same_company_domain_merges_into_the_older_record(tmp_path):
+    sb = Sandbox(tmp_path)
+    names = {
+        "jane@globex.com": "Jane Doe",
+        "j.doe@eu.globex.com": "jane  doe",
+        "jane.doe@gmail.com": "Jane Doe",
+        "jd@initech.com": "Jane Doe",
+        "jo@globex.com": "Jo",
+    }
+    sb.land(
+        ALICE,
+        [
+            Mail(
+                "s1",
+                ALICE,
+                ["jane@globex.com"],
+                labels=["SENT"],
+                at="2026-01-01T00:00:00",
+                names=names,
+            ),
+            Mail(
+                "s2",
+                ALICE,
+                ["j.doe@eu.globex.com", "jane.doe@gmail.com", "jd@initech.com", "jo@globex.com"],
+                labels=["SENT"],
+                at="2026-02-01T00:00:00",
+                names=names,
+            ),
+        ],
+    )
+    staged = sb.build()
+    people = staged.tables["people"]
+    survivor = person(staged, "jane@globex.com")
+    # merged by name + company domain; survivor is the older record and keeps both addresses
+    assert survivor["email_addresses"] == ["j.doe@eu.globex.com", "jane@globex.com"]
+    assert survivor["person_id"] == hash_ids("per", pl.Series(["jane@globex.com"]))[0]
+    # never by name alone on free mail, nor across different company domains
+    assert person(staged, "jane.doe@gmail.com")["person_id"] != survivor["person_id"]
+    assert person(staged, "jd@initech.com")["person_id"] != survivor["person_id"]
+    assert people.height == 4
+    merges = staged.tables["person_merges"]
+    assert merges.height == 1
+    row = merges.row(0, named=True)
+    assert row["survivor_id"] == survivor["person_id"]
+    assert row["merged_id"] == hash_ids("per", pl.Series(["j.doe@eu.globex.com"]))[0]
+    assert row["rule"] == "same_name_company_domain"
+    assert '"domain":"globex.com"' in row["evidence"]
+    # a rebuild on top of the previous run keeps ids, merges and addresses
+    again = sb.build(previous=staged)
+    assert (
+        again.tables["people"]["person_id"].sort().to_list() == people["person_id"].sort().to_list()
+    )
+    assert again.tables["person_merges"].height == 1
