@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.workspace import (
+    SHARING_LEVELS,
     Account,
     BlocklistEntry,
     Home,
@@ -31,9 +32,15 @@ app = typer.Typer(
     help="Rapport: mailbox and calendar sync into queryable CRM tables.",
 )
 accounts_app = typer.Typer(no_args_is_help=True, help="Connect and manage mail accounts.")
+settings_app = typer.Typer(no_args_is_help=True, help="Workspace settings.")
+settings_set_app = typer.Typer(no_args_is_help=True, help="Change a setting.")
+sharing_app = typer.Typer(no_args_is_help=True, help="Who sees what of an account's mail.")
 blocklist_app = typer.Typer(no_args_is_help=True, help="Per-account blocklists.")
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(blocklist_app, name="blocklist")
+app.add_typer(settings_app, name="settings")
+settings_app.add_typer(settings_set_app, name="set")
+app.add_typer(sharing_app, name="sharing")
 
 STATE: dict[str, Any] = {}
 
@@ -80,10 +87,20 @@ def sync(
 
 
 def run_sync(h: Home, as_of: str | None, accounts: list[str] | None = None) -> dict[str, Any]:
+    from flows.sync import sync_workspace
+
+    out = _with_progress(
+        h, lambda: sync_workspace(home=str(h.root), as_of=as_of, accounts=accounts)
+    )
+    print_run(out)
+    return out
+
+
+def _with_progress(h: Home, work: Any) -> dict[str, Any]:
+    """Run a flow while a rich progress bar shows each account's stream."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from flows import engine
-    from flows.sync import sync_workspace
 
     ws = h.load()
     names = {a.account_id: a.email for a in ws.accounts}
@@ -106,11 +123,9 @@ def run_sync(h: Home, as_of: str | None, accounts: list[str] | None = None) -> d
 
         engine.PROGRESS_HOOK = hook
         try:
-            out = sync_workspace(home=str(h.root), as_of=as_of, accounts=accounts)
+            return work()
         finally:
             engine.PROGRESS_HOOK = None
-    print_run(out)
-    return out
 
 
 def print_run(out: dict[str, Any]) -> None:
@@ -346,7 +361,13 @@ def blocklist_remove(
         ]
         if len(ws.blocklist) == before:
             raise WorkspaceError(f"{value} is not on the blocklist of {acc.email}")
-    console.print(f"unblocked {value} for {acc.email}")
+        if acc.provider == "file":
+            note = "re-import the files to bring that mail back (nothing is re-fetched for files)"
+        else:
+            if acc.account_id not in ws.refetch_blocked:
+                ws.refetch_blocked.append(acc.account_id)
+            note = "the next sync re-fetches mail that was hidden by it"
+    console.print(f"unblocked {value} for {acc.email}; {note}")
 
 
 @blocklist_app.command("list")
@@ -425,6 +446,181 @@ def sql(query: Annotated[str, typer.Argument(help="SQL to run read-only.")]) -> 
     console.print(table)
     if len(rows) > 1000:
         console.print(f"… {len(rows) - 1000} more rows")
+
+
+# ------------------------------------------------------------------ import
+@app.command("import")
+def import_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="mbox, .eml, folder of .eml, or .ics")],
+    account: Annotated[str, typer.Option(help="Mailbox the files belong to.")],
+    alias: Annotated[list[str] | None, typer.Option(help="Other addresses of this member.")] = None,
+    name: Annotated[str | None, typer.Option(help="Member's display name.")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="ISO 8601 time for metrics.")] = None,
+) -> None:
+    """Backfill from Google Takeout / Outlook exports; lands and publishes like a sync."""
+    from connectors.files import detect_kind
+    from flows.sync import import_files, parse_as_of
+
+    parse_as_of(as_of)
+    for p in paths:
+        try:
+            detect_kind(p)
+        except ValueError as exc:
+            raise WorkspaceError(str(exc)) from None
+    h = home()
+    email = _check_email(account)
+    aliases = [_check_email(a, "alias") for a in alias or []]
+    with h.editing() as ws:
+        existing = next(
+            (a for a in ws.accounts if a.email == email and a.status != "removed"), None
+        )
+        if existing is None:
+            mem = next((m for m in ws.members if m.email == email), None)
+            if mem is None:
+                mem = new_member(email, name)
+                ws.members.append(mem)
+            existing = Account(
+                account_id=account_id_for("file", email),
+                member_id=mem.member_id,
+                provider="file",
+                email=email,
+                connected_at=iso(utcnow()),
+            )
+            ws.accounts = [a for a in ws.accounts if a.account_id != existing.account_id]
+            ws.accounts.append(existing)
+        existing.aliases = sorted(set(existing.aliases) | set(aliases))
+        if name:
+            ws.member(existing.member_id).name = name
+    out = _with_progress(
+        h,
+        lambda: import_files(
+            home=str(h.root), account=email, paths=[str(p) for p in paths], as_of=as_of
+        ),
+    )
+    print_run(out)
+    if out.get("skipped"):
+        console.print(f"{out['skipped']} items were already imported and were skipped")
+
+
+# ------------------------------------------------------------------ settings
+def parse_time(value: str | None, what: str = "--at") -> str:
+    from flows.sync import parse_as_of
+
+    try:
+        return iso(parse_as_of(value)) or ""
+    except WorkspaceError:
+        raise WorkspaceError(f"{what} {value!r} is not an ISO 8601 timestamp") from None
+
+
+@settings_set_app.command("enhanced-record-creation")
+def settings_erc(
+    state: Annotated[str, typer.Argument(help="on | off")],
+    at: Annotated[str | None, typer.Option("--at", help="ISO 8601 time of the switch.")] = None,
+) -> None:
+    """Enhanced record creation: when off, received mail from then on creates people too."""
+    if state not in ("on", "off"):
+        raise WorkspaceError(f"enhanced-record-creation takes on or off, not {state!r}")
+    when = parse_time(at)
+    with home().editing() as ws:
+        if ws.enhanced_record_creation and when < ws.enhanced_record_creation[-1]["at"]:
+            raise WorkspaceError("--at is earlier than the previous toggle; toggles only move on")
+        ws.enhanced_record_creation.append({"enabled": state == "on", "at": when})
+    console.print(f"enhanced record creation {state} from {when} (not retroactive)")
+
+
+@settings_set_app.command("company-domain")
+def settings_company_domain(
+    extra: Annotated[str, typer.Argument(help="Extra domain, e.g. acme.io")],
+    company: Annotated[str, typer.Argument(help="The company's domain, e.g. acme.com")],
+) -> None:
+    """Make an extra domain part of an existing company (never inferred)."""
+    from transforms.addresses import ascii_domain, registrable_domain
+
+    extra_d, company_d = (registrable_domain(ascii_domain(d.strip("@ "))) for d in (extra, company))
+    if not extra_d or not company_d:
+        raise WorkspaceError("both arguments must be registrable domains such as acme.com")
+    with home().editing() as ws:
+        ws.company_domains[extra_d] = company_d
+    console.print(f"{extra_d} now joins the company of {company_d} from the next sync")
+
+
+@settings_set_app.command("list-mail-creates-people")
+def settings_list_mail(state: Annotated[str, typer.Argument(help="on | off")]) -> None:
+    """Whether mailing-list traffic may create people (default off)."""
+    if state not in ("on", "off"):
+        raise WorkspaceError(f"takes on or off, not {state!r}")
+    with home().editing() as ws:
+        ws.exclude_list_mail = state == "off"
+    console.print(f"list mail creates people: {state}")
+
+
+@settings_set_app.command("extra-free-mail")
+def settings_free_mail(domains: Annotated[list[str], typer.Argument()]) -> None:
+    """Add domains to treat as free mail (never a company)."""
+    with home().editing() as ws:
+        ws.extra_free_mail_domains = sorted(
+            set(ws.extra_free_mail_domains) | {d.strip("@ ").lower() for d in domains}
+        )
+    console.print(f"extra free-mail domains: {', '.join(home().load().extra_free_mail_domains)}")
+
+
+@settings_app.command("show")
+def settings_show() -> None:
+    """Print every workspace setting."""
+    ws = home().load()
+    console.print(
+        f"enhanced record creation: {'on' if ws.erc_enabled() else 'off'} "
+        f"(toggles: {ws.enhanced_record_creation or 'none'})"
+    )
+    console.print(f"list mail creates people: {'off' if ws.exclude_list_mail else 'on'}")
+    console.print(f"company domains: {ws.company_domains or 'none'}")
+    console.print(f"extra free-mail domains: {ws.extra_free_mail_domains or 'none'}")
+
+
+# ------------------------------------------------------------------ sharing
+@sharing_app.command("set")
+def sharing_set(
+    level: Annotated[str, typer.Argument(help="metadata | subject | full")],
+    account: Annotated[str, typer.Option(help="Account email.")],
+) -> None:
+    """What teammates see of this account's mail by default."""
+    if level not in SHARING_LEVELS:
+        raise WorkspaceError(f"sharing level must be one of {', '.join(SHARING_LEVELS)}")
+    with home().editing() as ws:
+        acc = ws.account_by_email(account)
+        acc.default_sharing = level
+    console.print(f"{acc.email}: teammates see {level}; applies at the next publish")
+
+
+@sharing_app.command("grant")
+def sharing_grant(
+    account: Annotated[str, typer.Option(help="Account email.")],
+    to: Annotated[str, typer.Option("--to", help="Member who gets full access.")],
+) -> None:
+    """Give one teammate full access to this account's mail."""
+    with home().editing() as ws:
+        acc = ws.account_by_email(account)
+        member = to.strip().lower()
+        if member not in {m.email for m in ws.members}:
+            raise WorkspaceError(f"{to!r} is not a member of this workspace")
+        if member not in acc.grants:
+            acc.grants.append(member)
+    console.print(f"{member} has full access to {acc.email}")
+
+
+@sharing_app.command("revoke")
+def sharing_revoke(
+    account: Annotated[str, typer.Option(help="Account email.")],
+    to: Annotated[str, typer.Option("--to", help="Member to revoke.")],
+) -> None:
+    """Take a teammate's individual full access away."""
+    with home().editing() as ws:
+        acc = ws.account_by_email(account)
+        member = to.strip().lower()
+        if member not in acc.grants:
+            raise WorkspaceError(f"{member} has no grant on {acc.email}")
+        acc.grants.remove(member)
+    console.print(f"{member} no longer has full access to {acc.email}")
 
 
 @app.command()

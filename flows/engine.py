@@ -26,7 +26,11 @@ from transforms.pipeline import WorkspaceFrames, build, internal_sets, normalise
 log = logging.getLogger("rapport")
 TS = pl.Datetime("us", "UTC")
 
-STREAMS_BY_PROVIDER = {"google": ["gmail"], "microsoft": [], "file": []}
+STREAMS_BY_PROVIDER = {
+    "google": ["gmail", "gcalendar"],
+    "microsoft": ["outlook_mail", "outlook_calendar"],
+    "file": [],  # files land through `rapport import`, not through sync
+}
 
 # The CLI sets this to drive a terminal progress bar: (account_id, stream, done, total).
 PROGRESS_HOOK: Callable[[str, str, int, int | None], None] | None = None
@@ -80,27 +84,15 @@ def extract_stream(
         secrets = home.load_credentials(account_id)
         blocklist = Blocklist((b.entry, b.kind) for b in ws.blocklist_for(account_id))
         cursor = home.load_cursor(account_id, stream)
-        if stream == "gmail":
-            from connectors.gmail import GmailSettings, GmailSync
+        refetch: list[str] = []
+        if account_id in ws.refetch_blocked and stream == "gmail":
+            from connectors.purge import blocked_marker_ids
 
-            settings = GmailSettings(
-                api_endpoint=account.api_endpoint or GmailSettings.api_endpoint,
-                token_uri=account.token_uri or GmailSettings.token_uri,
-                sync_bodies=account.sync_bodies,
-                retry=retry_policy(),
-                quota_units_per_second=float(os.environ.get("RAPPORT_GMAIL_QUOTA", "250")),
-            )
-            sync = GmailSync(
-                lake_dir=home.lake,
-                account_id=account_id,
-                secrets=secrets,
-                settings=settings,
-                blocklist=blocklist,
-                progress=progress,
-            )
-            out = sync.run(cursor)
-        else:
-            raise WorkspaceError(f"stream {stream!r} is not supported yet")
+            refetch = blocked_marker_ids(home.lake, account_id)
+        out = run_stream(home, account, stream, secrets, blocklist, cursor, refetch, progress)
+        if account_id in ws.refetch_blocked and stream == "gmail":
+            with home.editing() as live:
+                live.refetch_blocked = [a for a in live.refetch_blocked if a != account_id]
         if out.cursor is not None:
             home.save_cursor(account_id, stream, {**out.cursor, "saved_at": iso(utcnow())})
         result.mode = out.mode
@@ -115,6 +107,98 @@ def extract_stream(
         log.warning("extract %s/%s failed: %s", account_id, stream, result.error)
     result.seconds = round(time.monotonic() - started, 3)
     return result
+
+
+def apply_blocklist_changes(home: Home) -> dict[str, int]:
+    """Purge newly blocked content from the lake (retroactive blocklists, DESIGN §4.2)."""
+    from connectors.purge import purge_blocklisted
+
+    purged: dict[str, int] = {}
+    ws = home.load()
+    for acc in ws.active_accounts():
+        fingerprint = ws.blocklist_fingerprint(acc.account_id)
+        if ws.purged_blocklists.get(acc.account_id) == fingerprint:
+            continue
+        entries = normalise_blocklist(
+            pl.DataFrame(
+                [
+                    {"account_id": b.account_id, "entry": b.entry, "kind": b.kind}
+                    for b in ws.blocklist_for(acc.account_id)
+                ],
+                schema={"account_id": pl.String, "entry": pl.String, "kind": pl.String},
+            )
+        )
+        purged[acc.account_id] = purge_blocklisted(home.lake, acc.account_id, entries)
+        with home.editing() as live:
+            live.purged_blocklists[acc.account_id] = fingerprint
+    return purged
+
+
+def run_stream(
+    home: Home,
+    account: Account,
+    stream: str,
+    secrets: dict[str, str],
+    blocklist: Blocklist,
+    cursor: dict[str, Any] | None,
+    refetch: list[str],
+    progress: Callable[[int, int | None], None],
+) -> Any:
+    """Dispatch one stream to its connector (each module is imported only when used)."""
+    lake_dir, account_id = home.lake, account.account_id
+    if stream in ("gmail", "gcalendar"):
+        from connectors.gmail import GmailSettings
+
+        settings = GmailSettings(
+            api_endpoint=account.api_endpoint or GmailSettings.api_endpoint,
+            token_uri=account.token_uri or GmailSettings.token_uri,
+            sync_bodies=account.sync_bodies,
+            retry=retry_policy(),
+            quota_units_per_second=float(os.environ.get("RAPPORT_GMAIL_QUOTA", "250")),
+        )
+        if stream == "gmail":
+            from connectors.gmail import GmailSync
+
+            return GmailSync(
+                lake_dir=lake_dir,
+                account_id=account_id,
+                secrets=secrets,
+                settings=settings,
+                blocklist=blocklist,
+                progress=progress,
+            ).run(cursor, refetch=refetch)
+        from connectors.gcalendar import CalendarSync
+
+        return CalendarSync(
+            lake_dir=lake_dir,
+            account_id=account_id,
+            secrets=secrets,
+            settings=settings,
+            blocklist=blocklist,
+            progress=progress,
+        ).run(cursor)
+    if stream in ("outlook_mail", "outlook_calendar"):
+        from connectors.graph import GraphCalendarSync, GraphMailSync, GraphSettings
+
+        authority = account.authority or (
+            f"https://login.microsoftonline.com/{account.tenant or 'common'}"
+        )
+        gsettings = GraphSettings(
+            authority=authority,
+            graph_endpoint=account.graph_endpoint or GraphSettings.graph_endpoint,
+            retry=retry_policy(),
+            sync_bodies=account.sync_bodies,
+        )
+        cls = GraphMailSync if stream == "outlook_mail" else GraphCalendarSync
+        return cls(
+            lake_dir=lake_dir,
+            account_id=account_id,
+            secrets=secrets,
+            settings=gsettings,
+            blocklist=blocklist,
+            progress=progress,
+        ).run(cursor)
+    raise WorkspaceError(f"stream {stream!r} is not supported")
 
 
 def record_stream_results(home: Home, results: list[StreamResult]) -> None:

@@ -11,6 +11,7 @@ from prefect import flow, get_run_logger, task, unmapped
 from flows.engine import (
     STREAMS_BY_PROVIDER,
     StreamResult,
+    apply_blocklist_changes,
     build_and_publish,
     extract_stream,
     new_run_id,
@@ -77,6 +78,7 @@ def sync_workspace(
     started = datetime.now(UTC)
     run_id = new_run_id()
     with h.lock("writer", timeout_s=lock_timeout_s):
+        apply_blocklist_changes(h)
         ws = h.load()
         targets = [
             (a.account_id, s)
@@ -93,3 +95,68 @@ def sync_workspace(
             home, run_id, when.isoformat(), results, started.isoformat()
         )
     return {"run_id": run_id, "streams": results, "publish": published}
+
+
+@flow(name="import-files")
+def import_files(
+    home: str,
+    account: str,
+    paths: list[str],
+    as_of: str | None = None,
+    lock_timeout_s: float = 600.0,
+) -> dict[str, Any]:
+    """Land mbox/.eml/.ics files for a file account, then transform, validate and publish."""
+    from pathlib import Path
+
+    from connectors.files import import_paths
+    from connectors.mailparse import Blocklist
+
+    h = Home(home)
+    when = parse_as_of(as_of)
+    started = datetime.now(UTC)
+    run_id = new_run_id()
+    with h.lock("writer", timeout_s=lock_timeout_s):
+        apply_blocklist_changes(h)
+        ws = h.load()
+        acc = ws.account_by_email(account)
+        blocklist = Blocklist((b.entry, b.kind) for b in ws.blocklist_for(acc.account_id))
+        addresses = ws.member_addresses().get(acc.member_id, acc.addresses)
+        t0 = datetime.now(UTC)
+        out = import_paths(
+            lake_dir=h.lake,
+            account_id=acc.account_id,
+            paths=[Path(p) for p in paths],
+            account_addresses=addresses,
+            blocklist=blocklist,
+            progress=_progress_hook(acc.account_id),
+        )
+        result = StreamResult(
+            account_id=acc.account_id,
+            stream="import",
+            status="ok",
+            mode="import",
+            landed=out.landed,
+            blocked=out.blocked,
+            quarantined=out.quarantined,
+            seconds=round((datetime.now(UTC) - t0).total_seconds(), 3),
+        )
+        record_stream_results(h, [result])
+        published = transform_validate_publish(
+            home, run_id, when.isoformat(), [asdict(result)], started.isoformat()
+        )
+    return {
+        "run_id": run_id,
+        "streams": [asdict(result)],
+        "publish": published,
+        "skipped": getattr(out, "skipped", 0),
+    }
+
+
+def _progress_hook(account_id: str):  # noqa: ANN202
+    from flows import engine
+
+    def progress(done: int, total: int | None) -> None:
+        if engine.PROGRESS_HOOK:
+            engine.PROGRESS_HOOK(account_id, "import", done, total)
+
+    return progress

@@ -230,17 +230,7 @@ def build_people(
     base = pl.concat(
         [
             new_people.select("person_id", "created_at", "created_from_account"),
-            (
-                previous.select("person_id", "created_at", "created_from_account")
-                if previous is not None
-                else pl.DataFrame(
-                    schema={
-                        "person_id": pl.String,
-                        "created_at": pl.Datetime("us", "UTC"),
-                        "created_from_account": pl.String,
-                    }
-                )
-            ),
+            _carried_forward(previous, created, key_map),
         ]
     )
     prev_names = (
@@ -274,6 +264,42 @@ def build_people(
         .collect()
     )
     return people.cast(PEOPLE_SCHEMA)
+
+
+def _carried_forward(
+    previous: pl.DataFrame | None, created: pl.DataFrame, key_map: pl.DataFrame
+) -> pl.DataFrame:
+    """Previous records keep their id; created_at is the earliest evidence ever seen.
+
+    min(previous, current) makes a record's creation time independent of how many runs
+    (or crashed runs) it took to land the evidence.
+    """
+    schema = {
+        "person_id": pl.String,
+        "created_at": pl.Datetime("us", "UTC"),
+        "created_from_account": pl.String,
+    }
+    if previous is None or previous.is_empty():
+        return pl.DataFrame(schema=schema)
+    evidence = (
+        created.join(key_map, on="canonical_key", how="inner")
+        .sort("created_at", "created_from_account")
+        .unique("person_id", keep="first", maintain_order=True)
+        .select("person_id", e_at="created_at", e_acc="created_from_account")
+    )
+    earlier = pl.col("e_at").is_not_null() & (
+        pl.col("created_at").is_null() | (pl.col("e_at") < pl.col("created_at"))
+    )
+    return (
+        previous.select("person_id", "created_at", "created_from_account")
+        .cast(schema)
+        .join(evidence, on="person_id", how="left")
+        .select(
+            "person_id",
+            created_at=pl.when(earlier).then("e_at").otherwise("created_at"),
+            created_from_account=pl.when(earlier).then("e_acc").otherwise("created_from_account"),
+        )
+    )
 
 
 def _previous_key_map(previous: pl.DataFrame | None) -> pl.DataFrame:
@@ -333,6 +359,19 @@ def build_companies(
         company_id=hash_ids("com", new["domain"]),
         name=company_name_from_domain(pl.col("domain")),
         domains=pl.concat_list("domain"),
+    )
+    # Earliest evidence wins for carried-forward companies too (see _carried_forward).
+    prev_first = (
+        prev.select("company_id", "created_at", domain="domains")
+        .explode("domain")
+        .join(created_lookup.rename({"created_at": "e_at"}), on="domain", how="left")
+        .group_by("company_id")
+        .agg(e_at=pl.min("e_at"))
+    )
+    prev = (
+        prev.join(prev_first, on="company_id", how="left")
+        .with_columns(created_at=pl.min_horizontal("created_at", "e_at"))
+        .drop("e_at")
     )
     companies = pl.concat([prev.select(list(COMPANIES_SCHEMA)), new.select(list(COMPANIES_SCHEMA))])
     if extra_domains:
