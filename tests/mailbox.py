@@ -330,4 +330,7 @@ def assert_same_warehouse(a: dict[str, pl.DataFrame], b: dict[str, pl.DataFrame]
 
     assert a.keys() == b.keys()
     for name in a:
-        assert_frame_equal(a[name], b[name], check_exact=False, rtol=1e-9), name
+        try:
+            assert_frame_equal(a[name], b[name], check_exact=False, rtol=1e-9)
+        except AssertionError as exc:
+            raise AssertionError(f"table {name} differs:\n{a[name]}\n{b[name]}\n{exc}") from None

@@ -170,8 +170,8 @@ def _seed(sim: GoogleSimulator, tag: str, n: int) -> tuple[str, str]:
     return a, b
 
 
-class Crash(Exception):
-    pass
+class Crash(BaseException):
+    """A process death: nothing in the pipeline may catch it (unlike a network error)."""
 
 
 @settings(

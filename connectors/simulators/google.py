@@ -784,6 +784,10 @@ class GoogleSimulator(SimServerBase):
         self.router = Router()
         self._register_core_routes()
         self._register_gmail_routes()
+        # Calendar v3 shares this server, its auth and its faults (`<root>calendar/v3/…`).
+        from connectors.simulators.gcalendar import install_calendar
+
+        install_calendar(self)
 
     # -- lifecycle sugar
 
