@@ -72,9 +72,6 @@ class GmailSettings:
     after: datetime | None = None  # backfill window (first sync only)
 
 
-
-
-
 def _http_error_status(exc: HttpError) -> int:
     return int(getattr(exc.resp, "status", 0) or 0)
 
@@ -421,7 +418,8 @@ class GmailSync:
         self.progress = progress or (lambda done, total: None)
         self.client = GmailClient(secrets, settings)
 
-    def run(self, cursor: dict[str, Any] | None) -> SyncResult:
+    def run(self, cursor: dict[str, Any] | None, refetch: list[str] | None = None) -> SyncResult:
+        """Full or incremental sync; `refetch` re-gets ids purged by a since-removed block."""
         self.client.ensure_token()
         if cursor and cursor.get("history_id"):
             try:
@@ -433,6 +431,8 @@ class GmailSync:
                 result = self.full(mode="resync")
         else:
             result = self.full(mode="full")
+        if refetch:
+            self._fetch_and_land(list(refetch), result)
         try:
             result.aliases = self.client.send_as()
         except HttpError:
