@@ -12,10 +12,12 @@ from flows.engine import (
     STREAMS_BY_PROVIDER,
     StreamResult,
     apply_blocklist_changes,
+    backfill_stream,
     build_and_publish,
     extract_stream,
     new_run_id,
     record_stream_results,
+    remove_account_data,
 )
 from flows.workspace import Home, WorkspaceError
 
@@ -160,3 +162,100 @@ def _progress_hook(account_id: str):  # noqa: ANN202
             engine.PROGRESS_HOOK(account_id, "import", done, total)
 
     return progress
+
+
+@task(name="backfill-account-stream", task_run_name="backfill-{account_id}-{stream}")
+def backfill_account_stream(
+    home: str, account_id: str, stream: str, since: str | None, until: str | None, full: bool
+) -> dict[str, Any]:
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    artifact_id = create_progress_artifact(
+        progress=0.0, description=f"backfill {account_id}/{stream}"
+    )
+    last = {"pct": -1.0}
+
+    def progress(done: int, total: int | None) -> None:
+        pct = 100.0 * done / total if total else 100.0
+        if pct - last["pct"] >= 5 or done == total:
+            last["pct"] = pct
+            update_progress_artifact(artifact_id=artifact_id, progress=pct)
+
+    result = backfill_stream(
+        Home(home),
+        account_id,
+        stream,
+        parse_as_of(since) if since else None,
+        parse_as_of(until) if until else None,
+        full,
+        progress,
+    )
+    update_progress_artifact(artifact_id=artifact_id, progress=100.0)
+    return asdict(result)
+
+
+@flow(name="backfill")
+def backfill(
+    home: str = "./data",
+    accounts: list[str] | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    full: bool = False,
+    as_of: str | None = None,
+    lock_timeout_s: float = 600.0,
+) -> dict[str, Any]:
+    """Re-fetch history (a date range, or everything with full=True), then publish.
+
+    Cursors never move; already-landed mail is skipped unless full, so a stopped
+    backfill resumes where it left off.
+    """
+    h = Home(home)
+    when = parse_as_of(as_of)
+    if since:
+        parse_as_of(since)
+    if until:
+        parse_as_of(until)
+    started = datetime.now(UTC)
+    run_id = new_run_id()
+    with h.lock("writer", timeout_s=lock_timeout_s):
+        apply_blocklist_changes(h)
+        ws = h.load()
+        targets = [
+            (a.account_id, s)
+            for a in ws.active_accounts()
+            if accounts is None or a.email in accounts
+            for s in STREAMS_BY_PROVIDER.get(a.provider, [])
+        ]
+        futures = backfill_account_stream.map(
+            unmapped(home),
+            [t[0] for t in targets],
+            [t[1] for t in targets],
+            unmapped(since),
+            unmapped(until),
+            unmapped(full),
+        )
+        results = [f.result() for f in futures]
+        published = transform_validate_publish(
+            home, run_id, when.isoformat(), results, started.isoformat()
+        )
+    return {"run_id": run_id, "streams": results, "publish": published}
+
+
+@flow(name="remove-account")
+def remove_account(
+    home: str = "./data",
+    email: str = "",
+    as_of: str | None = None,
+    lock_timeout_s: float = 600.0,
+) -> dict[str, Any]:
+    """Purge one account's mail and events, keep every record, recompute metrics."""
+    h = Home(home)
+    when = parse_as_of(as_of)
+    started = datetime.now(UTC)
+    run_id = new_run_id()
+    with h.lock("writer", timeout_s=lock_timeout_s):
+        account_id = remove_account_data(h, email)
+        published = transform_validate_publish(
+            home, run_id, when.isoformat(), [], started.isoformat()
+        )
+    return {"run_id": run_id, "account_id": account_id, "streams": [], "publish": published}

@@ -334,6 +334,14 @@ class GmailMailbox:
             )
             return self.history_id
 
+    def hide_from_listing(self, message_ids: Iterable[str]) -> None:
+        """Make messages.list skip these ids while profile still counts them (a silent gap)."""
+        with self._lock:
+            self.hidden_from_listing = set(getattr(self, "hidden_from_listing", set())) | set(
+                message_ids
+            )
+            self._filter_cache.clear()
+
     def expire_history(self) -> None:
         with self._lock:
             self._min_valid_history = self.history_id
@@ -390,10 +398,16 @@ class GmailMailbox:
             if self._filter_cache_hid != self.history_id:
                 self._filter_cache.clear()
                 self._filter_cache_hid = self.history_id
-            if cacheable and key in self._filter_cache:
+            if cacheable and key in self._filter_cache and not getattr(
+                self, "hidden_from_listing", None
+            ):
                 return self._filter_cache[key]
             out = []
+            # Test control: ids a provider "forgets" to list (for gap detection).
+            hidden = getattr(self, "hidden_from_listing", set())
             for msg in self._sorted_messages():
+                if msg.id in hidden:
+                    continue
                 labels = msg.label_ids
                 if hide and not hide.isdisjoint(labels):
                     continue
