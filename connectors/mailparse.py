@@ -73,11 +73,14 @@ def parse_address_headers(h: dict[str, list[str]]) -> list[tuple[str, str, str |
         values = h.get(header)
         if not values:
             continue
-        decoded = [decode_header_value(v) if "=?" in v else v for v in values]
-        for name, addr in email.utils.getaddresses(decoded):
+        # Split addresses first, decode names after: a decoded "Doe, José" would
+        # otherwise be split at its comma.
+        for name, addr in email.utils.getaddresses(values):
             addr = addr.strip()
             if not addr:
                 continue
+            if "=?" in name:
+                name = decode_header_value(name)
             name = " ".join(name.split()) or None
             out.append((role, addr, name))
     return out

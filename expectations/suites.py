@@ -83,10 +83,10 @@ def run_gate(
     internal_addresses: list[str],
     as_of: datetime,
 ) -> GateResult:
+    for name in ("great_expectations", "great_expectations.data_context.types.base"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # it announces temp dirs at INFO
     import great_expectations as gx  # slow import: only when a gate runs
     import great_expectations.expectations as gxe
-
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")

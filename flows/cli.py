@@ -129,6 +129,7 @@ def _with_progress(h: Home, work: Any) -> dict[str, Any]:
 
 
 def print_run(out: dict[str, Any]) -> None:
+    emails = {a.account_id: a.email for a in home().load().accounts} if "home" in STATE else {}
     table = Table(title=f"sync run {out['run_id']}")
     for col in (
         "account",
@@ -144,7 +145,7 @@ def print_run(out: dict[str, Any]) -> None:
         table.add_column(col)
     for r in out["streams"]:
         table.add_row(
-            r["account_id"],
+            emails.get(r["account_id"], r["account_id"]),
             r["stream"],
             r["status"] + (f" ({r['error']})" if r.get("error") else ""),
             str(r["mode"]),

@@ -41,11 +41,29 @@ def refresh_token_for(email: str) -> str:
     return f"demo-refresh-{email.split('@')[0]}"
 
 
+DEMO_TENANT = "rapport-demo"
+
+
+def _start_microsoft(state: Any, port: int | None) -> Any:
+    """Reload the Graph simulator on its old port so stored deltaLinks stay valid."""
+    from connectors.simulators.microsoft import MicrosoftSimulator
+
+    if state is None:
+        return MicrosoftSimulator().start()
+    try:
+        return MicrosoftSimulator.load_state(str(state), port=port or 0).start()
+    except OSError:
+        return MicrosoftSimulator.load_state(str(state)).start()
+
+
 def run_demo(h: Home, *, messages: int, seed: int, console: Console) -> dict[str, Any]:
+    """Generate (or grow) the demo workspace, serve it, sync it, print what was built."""
+    from connectors.simulators.gcalendar import calendar_store
     from connectors.simulators.google import GoogleSimulator
     from connectors.simulators.synthetic import (
         generate_delta,
         generate_workspace,
+        to_sim_events,
         to_sim_messages,
     )
     from flows.cli import add_account, run_sync
@@ -53,31 +71,41 @@ def run_demo(h: Home, *, messages: int, seed: int, console: Console) -> dict[str
     h.ensure()
     demo_dir = h.root / "demo"
     demo_dir.mkdir(parents=True, exist_ok=True)
-    sim_state = demo_dir / "google-simulator.pkl"
+    google_state = demo_dir / "google-simulator.pkl"
+    ms_state = demo_dir / "microsoft-simulator.pkl"
     meta_path = demo_dir / "demo.json"
     started = time.perf_counter()
 
     base = generate_workspace(messages, seed=seed, end=DEMO_END)
-    if sim_state.exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
+    google_members, ms_member = base.members[:-1], base.members[-1]
+    resumed = google_state.exists() and ms_state.exists() and meta_path.exists()
+    meta = json.loads(meta_path.read_text()) if resumed else {}
+    if resumed:
         generation = meta["generation"] + 1
         since = datetime.fromisoformat(meta["data_until"])
         until = since + timedelta(days=2)
-        new_mail = max(50, messages // 50)
-        delta = generate_delta(base, new_mail, seed=seed + generation, start=since, end=until)
-        sim = GoogleSimulator.load_state(sim_state)
-        for member in base.members:
-            sim.mailbox(member.email).add_messages(to_sim_messages(delta, member.email))
+        delta = generate_delta(
+            base, max(50, messages // 50), seed=seed + generation, start=since, end=until
+        )
+        google = GoogleSimulator.load_state(google_state)
+        microsoft = _start_microsoft(ms_state, meta.get("microsoft_port"))
+        for member in google_members:
+            google.mailbox(member.email).add_messages(to_sim_messages(delta, member.email))
+        box = microsoft.mailbox(ms_member.email)
+        for msg in to_sim_messages(delta, ms_member.email):
+            box.add_message(msg)
         console.print(
             f"[bold]demo run {generation}[/]: {delta.messages.height} new messages "
-            "added to the simulator; syncing incrementally (history.list)"
+            "added to the simulators; syncing incrementally "
+            "(Gmail history.list, Graph deltaLinks, Calendar syncTokens)"
         )
         data_until = until
     else:
         generation = 1
-        sim = GoogleSimulator()
-        for member in base.members:
-            box = sim.add_user(
+        google = GoogleSimulator()
+        microsoft = _start_microsoft(None, None)
+        for member in google_members:
+            box = google.add_user(
                 member.email,
                 aliases=list(member.aliases),
                 refresh_token=refresh_token_for(member.email),
@@ -85,16 +113,37 @@ def run_demo(h: Home, *, messages: int, seed: int, console: Console) -> dict[str
                 client_secret=DEMO_CLIENT_SECRET,
             )
             box.add_messages(to_sim_messages(base, member.email))
+            cal = calendar_store(google, member.email)
+            for ev in to_sim_events(base, member.email):
+                cal.add_event(ev)
+        mbox = microsoft.add_user(
+            ms_member.email,
+            tenant=DEMO_TENANT,
+            aliases=list(ms_member.aliases),
+            refresh_token=refresh_token_for(ms_member.email),
+            client_id=DEMO_CLIENT_ID,
+            client_secret=DEMO_CLIENT_SECRET,
+            display_name=ms_member.name,
+        )
+        for msg in to_sim_messages(base, ms_member.email):
+            mbox.add_message(msg)
+        for ev in to_sim_events(base, ms_member.email):
+            mbox.add_event(ev)
         console.print(
-            f"[bold]demo run 1[/]: {base.messages.height:,} messages for "
-            f"{len(base.members)} members generated (seed {seed}); full sync"
+            f"[bold]demo run 1[/]: {base.messages.height:,} messages and "
+            f"{base.events.height:,} calendar entries for {len(base.members)} members "
+            f"generated (seed {seed}); {len(google_members)} on Google, "
+            f"{ms_member.email} on Microsoft 365; full sync"
         )
         data_until = DEMO_END
 
-    sim.start()
+    google.start()
     try:
-        console.print(f"Gmail simulator listening on {sim.root_url}")
-        for member in base.members:
+        console.print(
+            f"Google simulator (Gmail + Calendar) on {google.root_url}; "
+            f"Microsoft simulator (login + Graph) on {microsoft.base_url}"
+        )
+        for member in google_members:
             add_account(
                 h,
                 provider="google",
@@ -102,15 +151,36 @@ def run_demo(h: Home, *, messages: int, seed: int, console: Console) -> dict[str
                 client_id=DEMO_CLIENT_ID,
                 client_secret=DEMO_CLIENT_SECRET,
                 refresh_token=refresh_token_for(member.email),
-                api_endpoint=sim.root_url,
-                token_uri=sim.token_uri,
+                api_endpoint=google.root_url,
+                token_uri=google.token_uri,
                 aliases=list(member.aliases),
                 name=member.name,
             )
+        add_account(
+            h,
+            provider="microsoft",
+            email=ms_member.email,
+            client_id=DEMO_CLIENT_ID,
+            client_secret=DEMO_CLIENT_SECRET,
+            refresh_token=refresh_token_for(ms_member.email),
+            tenant=DEMO_TENANT,
+            authority=microsoft.authority_url(DEMO_TENANT),
+            graph_endpoint=microsoft.graph_url,
+            aliases=list(ms_member.aliases),
+            name=ms_member.name,
+        )
+        if resumed and microsoft.port != meta.get("microsoft_port"):
+            # Its old deltaLinks point at a port we could not get back: resync it.
+            from flows.workspace import account_id_for
+
+            h.delete_cursors(account_id_for("microsoft", ms_member.email))
         out = run_sync(h, as_of=None)
-        sim.save_state(sim_state)
+        google.save_state(google_state)
+        microsoft.save_state(str(ms_state))
+        port = microsoft.port
     finally:
-        sim.stop()
+        google.stop()
+        microsoft.stop()
     atomic_write_json(
         meta_path,
         {
@@ -118,6 +188,7 @@ def run_demo(h: Home, *, messages: int, seed: int, console: Console) -> dict[str
             "data_until": data_until.isoformat(),
             "seed": seed,
             "messages": messages,
+            "microsoft_port": port,
         },
     )
     print_summary(h, console)

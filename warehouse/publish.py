@@ -4,6 +4,9 @@ Each publish builds a complete new database file next to the live one, checkpoin
 and fsyncs it, then renames it over `warehouse.duckdb`. Analysts holding the old file
 open read-only keep a consistent snapshot; new connections see the new run. A failed
 run never touches the live file.
+
+Every new file gets the contract tables (sql/schema.sql), the privacy macro
+messages_for (sql/messages_for.sql) and the analyst views (views/*.sql, by file name).
 """
 
 from __future__ import annotations
@@ -20,6 +23,13 @@ import polars as pl
 
 def sql_text(name: str) -> str:
     return resources.files("warehouse").joinpath("sql", name).read_text()
+
+
+def view_sql() -> list[str]:
+    """The analyst views (warehouse/views/*.sql), in file-name order."""
+    folder = resources.files("warehouse").joinpath("views")
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
+    return [f.read_text() for f in files]
 
 
 def read_previous(warehouse: Path, table: str) -> pl.DataFrame | None:
@@ -63,6 +73,8 @@ def publish(
             con.unregister("staged_frame")
             rows += frame.height
         con.execute(sql_text("messages_for.sql"))
+        for view in view_sql():
+            con.execute(view)
         con.execute("COMMIT")
         con.execute("CHECKPOINT")
     except Exception:

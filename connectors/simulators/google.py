@@ -398,8 +398,10 @@ class GmailMailbox:
             if self._filter_cache_hid != self.history_id:
                 self._filter_cache.clear()
                 self._filter_cache_hid = self.history_id
-            if cacheable and key in self._filter_cache and not getattr(
-                self, "hidden_from_listing", None
+            if (
+                cacheable
+                and key in self._filter_cache
+                and not getattr(self, "hidden_from_listing", None)
             ):
                 return self._filter_cache[key]
             out = []

@@ -189,3 +189,18 @@ def test_revoked_refresh_token_marks_account_disconnected_and_keeps_secrets_priv
     assert "rt-alice" not in (res.error or "")
     record_stream_results(home, [res])
     assert home.load().accounts[0].status == "disconnected"
+
+
+def test_encoded_display_names_with_commas_keep_their_address(tmp_path, sim):
+    import email.utils
+
+    home = Home(tmp_path)
+    acc = connect(home, sim, ALICE)
+    sender = email.utils.formataddr(("Popescu, José", "jose@initech.com"))  # RFC 2047 encoded
+    assert "=?" in sender
+    sim.mailbox(ALICE).add_messages([sim_mail(1, sender, [ALICE])])
+    res = extract_stream(home, acc.account_id, "gmail")
+    assert (res.landed, res.quarantined) == (1, 0)
+    parts = scan(home.lake, "participants", [acc.account_id]).collect()
+    row = parts.filter(pl.col("role") == "from").row(0, named=True)
+    assert (row["address"], row["name"]) == ("jose@initech.com", "Popescu, José")
