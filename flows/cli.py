@@ -287,6 +287,116 @@ def add_account(
     return existing
 
 
+connect_app = typer.Typer(no_args_is_help=True, help="Authorise a real account interactively.")
+accounts_app.add_typer(connect_app, name="connect")
+
+
+@connect_app.command("google")
+def connect_google_cmd(
+    client_id: Annotated[str, typer.Option(help="OAuth client id (Desktop app).")],
+    client_secret: Annotated[str, typer.Option(help="OAuth client secret.")],
+    email: Annotated[str | None, typer.Option(help="Expected mailbox (checked).")] = None,
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="Print the URL.")] = False,
+    port: Annotated[int, typer.Option(help="Loopback port for the redirect (0 = any).")] = 0,
+    api_endpoint: Annotated[str | None, typer.Option()] = None,
+    token_uri: Annotated[str | None, typer.Option()] = None,
+    auth_uri: Annotated[str | None, typer.Option()] = None,
+    name: Annotated[str | None, typer.Option()] = None,
+    metadata_only: Annotated[bool, typer.Option(help="Do not store bodies.")] = False,
+) -> None:
+    """Google OAuth installed-app flow on a loopback redirect; stores the refresh token."""
+    from flows.connect import connect_google
+
+    acc = connect_google(
+        home(),
+        client_id=client_id,
+        client_secret=client_secret,
+        email=email,
+        api_endpoint=api_endpoint,
+        token_uri=token_uri,
+        auth_uri=auth_uri,
+        open_browser=not no_browser,
+        port=port,
+        name=name,
+        sync_bodies=not metadata_only,
+        authorization_prompt=lambda url: console.print(f"Open this URL to sign in:\n{url}"),
+    )
+    console.print(f"connected {acc.email} (google); run `rapport sync`")
+
+
+@connect_app.command("microsoft")
+def connect_microsoft_cmd(
+    client_id: Annotated[str, typer.Option(help="App registration (client) id.")],
+    client_secret: Annotated[str, typer.Option(help="Client secret of the app.")],
+    tenant: Annotated[str | None, typer.Option(help="Tenant id or domain.")] = None,
+    authority: Annotated[str | None, typer.Option()] = None,
+    graph_endpoint: Annotated[str | None, typer.Option()] = None,
+    name: Annotated[str | None, typer.Option()] = None,
+    metadata_only: Annotated[bool, typer.Option(help="Do not store bodies.")] = False,
+) -> None:
+    """msal device-code flow; prints the code to enter, stores the refresh token."""
+    from flows.connect import connect_microsoft
+
+    acc = connect_microsoft(
+        home(),
+        client_id=client_id,
+        client_secret=client_secret,
+        tenant=tenant,
+        authority=authority,
+        graph_endpoint=graph_endpoint,
+        name=name,
+        sync_bodies=not metadata_only,
+        on_prompt=lambda flow: console.print(flow["message"]),
+    )
+    console.print(f"connected {acc.email} (microsoft); run `rapport sync`")
+
+
+@accounts_app.command("remove")
+def accounts_remove(
+    email: Annotated[str, typer.Argument(help="Account to remove.")],
+    as_of: Annotated[str | None, typer.Option("--as-of")] = None,
+) -> None:
+    """Purge the account's mail and events, keep its people and companies, recompute."""
+    from flows.sync import parse_as_of, remove_account
+
+    parse_as_of(as_of)
+    h = home()
+    h.load().account_by_email(email)  # a clear error before anything starts
+    out = remove_account(home=str(h.root), email=email.strip().lower(), as_of=as_of)
+    console.print(
+        f"removed {email}: its mail and events are gone, records kept; "
+        f"published {out['publish']['rows_published']:,} rows"
+    )
+
+
+@accounts_app.command("reconnect")
+def accounts_reconnect(
+    email: Annotated[str, typer.Argument(help="Disconnected account.")],
+    refresh_token: Annotated[str | None, typer.Option(help="A new refresh token.")] = None,
+    client_secret: Annotated[str | None, typer.Option(help="A new client secret.")] = None,
+) -> None:
+    """Store new credentials and mark the account active; the next sync resumes."""
+    h = home()
+    with h.editing() as ws:
+        acc = ws.account_by_email(email)
+        secrets = h.load_credentials(acc.account_id)
+        if refresh_token is None and client_secret is None:
+            raise WorkspaceError(
+                "give --refresh-token (or --client-secret), or re-authorise with "
+                f"`rapport accounts connect {acc.provider}`"
+            )
+        if refresh_token is not None:
+            secrets["refresh_token"] = refresh_token
+        if client_secret is not None:
+            secrets["client_secret"] = client_secret
+        h.save_credentials(acc.account_id, secrets)
+        acc.status, acc.status_reason, acc.last_error = "active", None, None
+    console.print(
+        f"{acc.email} reconnected; the next sync resumes from its stored cursor "
+        "(or resyncs fully if the cursor expired meanwhile)"
+    )
+
+
 @accounts_app.command("list")
 def accounts_list() -> None:
     """Accounts, their status and last sync."""
@@ -447,6 +557,38 @@ def sql(query: Annotated[str, typer.Argument(help="SQL to run read-only.")]) -> 
     console.print(table)
     if len(rows) > 1000:
         console.print(f"… {len(rows) - 1000} more rows")
+
+
+# ------------------------------------------------------------------ backfill
+@app.command()
+def backfill(
+    account: Annotated[list[str] | None, typer.Option("--account", help="Only these.")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO date: from.")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO date: until.")] = None,
+    full: Annotated[bool, typer.Option("--full", help="Re-fetch even what landed.")] = False,
+    as_of: Annotated[str | None, typer.Option("--as-of")] = None,
+) -> None:
+    """Re-fetch history without moving the incremental cursors; resumable."""
+    from flows.sync import backfill as backfill_flow
+    from flows.sync import parse_as_of
+
+    for what, value in (("--since", since), ("--until", until), ("--as-of", as_of)):
+        if value:
+            try:
+                parse_as_of(value)
+            except WorkspaceError:
+                raise WorkspaceError(f"{what} {value!r} is not an ISO 8601 date") from None
+    h = home()
+    ws = h.load()
+    for email in account or []:
+        ws.account_by_email(email)
+    out = _with_progress(
+        h,
+        lambda: backfill_flow(
+            home=str(h.root), accounts=account, since=since, until=until, full=full, as_of=as_of
+        ),
+    )
+    print_run(out)
 
 
 # ------------------------------------------------------------------ import

@@ -19,6 +19,9 @@ from transforms.current import current_messages
 from transforms.pipeline import scan
 
 
+MAIL_STREAMS = ("gmail", "outlook_mail")
+
+
 def _age(ts: str | None) -> str | None:
     if not ts:
         return None
@@ -33,7 +36,8 @@ def account_status(h: Home) -> list[dict[str, Any]]:
     last_stream: dict[str, dict[str, Any]] = {}
     for accounts_json in runs["accounts"].to_list():
         for r in json.loads(accounts_json or "[]"):
-            last_stream[r["account_id"]] = r
+            if r.get("stream") in MAIL_STREAMS and r.get("provider_total") is not None:
+                last_stream[r["account_id"]] = r
     published: dict[str, int] = {}
     if h.warehouse.exists():
         from warehouse.publish import query_readonly
@@ -56,7 +60,8 @@ def account_status(h: Home) -> list[dict[str, Any]]:
         quarantined = len(
             scan(h.lake, "quarantine", [acc.account_id]).select("item_id").unique().collect()
         )
-        cursor = h.load_cursor(acc.account_id, "gmail") if acc.provider == "google" else None
+        stream = {"google": "gmail", "microsoft": "outlook_mail"}.get(acc.provider)
+        cursor = h.load_cursor(acc.account_id, stream) if stream else None
         last = last_stream.get(acc.account_id, {})
         total = last.get("provider_total")
         gap = None

@@ -48,9 +48,14 @@ INTERACTIONS_SCHEMA = {
 
 
 def source_key() -> pl.Expr:
-    """Same mail in two mailboxes is one source: the RFC Message-ID when present."""
+    """Same mail in two mailboxes is one source: the RFC Message-ID when present.
+
+    A blank Message-ID (an empty header) is no id: such mail stands alone, as it does in
+    messages_for(), or every blank-id message to a person would collapse into one.
+    """
+    rfc = pl.col("rfc_message_id").str.strip_chars()
     return pl.coalesce(
-        pl.col("rfc_message_id"), pl.concat_str(["account_id", "message_id"], separator=":")
+        pl.when(rfc != "").then(rfc), pl.concat_str(["account_id", "message_id"], separator=":")
     )
 
 

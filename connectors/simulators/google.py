@@ -866,6 +866,14 @@ class GoogleSimulator(SimServerBase):
             acct.revoked = True
             self._drop_access_tokens(acct.email)
 
+    def issue_refresh_token(self, email: str, refresh_token: str) -> None:
+        """A user re-authorises: a new refresh token replaces the revoked one."""
+        with self._lock:
+            acct = self._accounts[email.lower()]
+            self._by_refresh.pop(acct.refresh_token, None)
+            acct.refresh_token, acct.revoked = refresh_token, False
+            self._by_refresh[refresh_token] = email.lower()
+
     def expire_access_tokens(self, email: str | None = None) -> None:
         """Forget issued access tokens (all, or one user's): next call gets 401."""
         with self._lock:

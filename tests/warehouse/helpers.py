@@ -10,13 +10,17 @@ import polars as pl
 from connectors import lake
 from flows.engine import SYNC_RUN_SCHEMA, workspace_tables
 from tests.mailbox import Mail, Sandbox, ts
+from transforms.pipeline import Staged
 from warehouse.publish import publish, query_readonly
 
 
-def land_with_body(
+def land_mail(
     sb: Sandbox, owner: str, mail: Mail, *, body: str = "body", snippet: str = "snip"
 ) -> None:
-    """Like Sandbox.land for one message, with its own body and snippet."""
+    """Like Sandbox.land for one message, with its own body and snippet.
+
+    Unlike Sandbox.land, an empty `rfc_id` is landed as it is (only None gets a default).
+    """
     batch = lake.Batch(sb.account(owner))
     batch.add(
         "messages",
@@ -25,7 +29,7 @@ def land_with_body(
             "stream": "gmail",
             "message_id": mail.id,
             "thread_id": mail.thread or mail.id,
-            "rfc_message_id": mail.rfc_id or f"<{mail.id}@test>",
+            "rfc_message_id": f"<{mail.id}@test>" if mail.rfc_id is None else mail.rfc_id,
             "op": "upsert",
             "blocked": False,
             "sent_at": ts(mail.at),
@@ -44,14 +48,18 @@ def land_with_body(
     lake.flush(sb.lake, batch)
 
 
-def publish_sandbox(sb: Sandbox, warehouse: Path, run_id: str = "run-1") -> Path:
+def publish_sandbox(
+    sb: Sandbox, warehouse: Path, previous: Staged | None = None, run_id: str = "run"
+) -> Staged:
     """Pipeline build + workspace tables (members, accounts, grants), published for real."""
-    tables = dict(sb.build().tables)
+    staged = sb.build(previous)
+    tables = dict(staged.tables)
     tables.update(workspace_tables(sb.ws))
     publish(warehouse, tables, pl.DataFrame(schema=SYNC_RUN_SCHEMA), run_id)
-    return warehouse
+    return staged
 
 
 def rows(warehouse: Path, sql: str, params: dict[str, Any] | None = None) -> list[dict]:
+    """Query the published file read-only, as analysts do; rows as dicts."""
     cols, data = query_readonly(warehouse, sql, params)
     return [dict(zip(cols, r, strict=True)) for r in data]

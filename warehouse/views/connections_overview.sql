@@ -10,6 +10,7 @@ SELECT
     p.primary_email AS person_email,
     k.company_id,
     c.name AS company_name,
+    c.domains AS company_domains,
     k.score,
     k.strength
 FROM connections AS k

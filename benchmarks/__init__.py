@@ -1,0 +1,1 @@
+"""Benchmarks for DESIGN §8: `python -m benchmarks.run` (or `make bench`)."""
