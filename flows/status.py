@@ -18,7 +18,6 @@ from flows.workspace import Home
 from transforms.current import current_messages
 from transforms.pipeline import scan
 
-
 MAIL_STREAMS = ("gmail", "outlook_mail")
 
 
