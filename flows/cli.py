@@ -75,6 +75,10 @@ def configure_prefect(h: Home) -> None:
 def sync(
     as_of: Annotated[str | None, typer.Option("--as-of", help="ISO 8601 time for metrics.")] = None,
     account: Annotated[list[str] | None, typer.Option("--account", help="Only these.")] = None,
+    dask_address: Annotated[
+        str | None,
+        typer.Option(help="Run per-account extraction on this Dask cluster (tcp://host:port)."),
+    ] = None,
 ) -> None:
     """Extract every account, transform, validate and publish."""
     from flows.sync import parse_as_of
@@ -83,15 +87,24 @@ def sync(
     h = home()
     if not h.load().active_accounts():
         raise WorkspaceError("no accounts yet: add one with `rapport accounts add`")
-    run_sync(h, as_of, account)
+    run_sync(h, as_of, account, dask_address)
 
 
-def run_sync(h: Home, as_of: str | None, accounts: list[str] | None = None) -> dict[str, Any]:
+def run_sync(
+    h: Home, as_of: str | None, accounts: list[str] | None = None, dask_address: str | None = None
+) -> dict[str, Any]:
     from flows.sync import sync_workspace
 
-    out = _with_progress(
-        h, lambda: sync_workspace(home=str(h.root), as_of=as_of, accounts=accounts)
-    )
+    flow_fn = sync_workspace
+    if dask_address:
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            raise WorkspaceError(
+                "--dask-address needs the dask extra: pip install -e '.[dask]'"
+            ) from None
+        flow_fn = sync_workspace.with_options(task_runner=DaskTaskRunner(address=dask_address))
+    out = _with_progress(h, lambda: flow_fn(home=str(h.root), as_of=as_of, accounts=accounts))
     print_run(out)
     return out
 

@@ -240,7 +240,8 @@ def build(
     messages_out = messages_table(visible, vparts)
     message_flags = (
         vparts.group_by("account_id", "message_id")
-        .agg(internal_only=pl.col("internal").all())
+        # An unparseable address can't prove the mail left the team: treat it as internal.
+        .agg(internal_only=(pl.col("internal") | ~pl.col("valid")).all())
         .select(
             message_key=pl.concat_str(["account_id", "message_id"], separator=":"),
             internal_only="internal_only",
