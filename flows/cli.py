@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -25,17 +26,39 @@ from flows.workspace import (
 
 console = Console()
 err = Console(stderr=True)
-app = typer.Typer(
+
+
+class RapportTyper(typer.Typer):
+    """Every command turns a WorkspaceError into one red line and exit code 2."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        register = super().command(*args, **kwargs)
+
+        def wrap(fn: Any) -> Any:
+            @functools.wraps(fn)
+            def guarded(*a: Any, **k: Any) -> Any:
+                try:
+                    return fn(*a, **k)
+                except WorkspaceError as exc:
+                    err.print(f"[red]error:[/] {exc}")
+                    raise typer.Exit(2) from None
+
+            return register(guarded)
+
+        return wrap
+
+
+app = RapportTyper(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Rapport: mailbox and calendar sync into queryable CRM tables.",
 )
-accounts_app = typer.Typer(no_args_is_help=True, help="Connect and manage mail accounts.")
-settings_app = typer.Typer(no_args_is_help=True, help="Workspace settings.")
-settings_set_app = typer.Typer(no_args_is_help=True, help="Change a setting.")
-sharing_app = typer.Typer(no_args_is_help=True, help="Who sees what of an account's mail.")
-blocklist_app = typer.Typer(no_args_is_help=True, help="Per-account blocklists.")
+accounts_app = RapportTyper(no_args_is_help=True, help="Connect and manage mail accounts.")
+settings_app = RapportTyper(no_args_is_help=True, help="Workspace settings.")
+settings_set_app = RapportTyper(no_args_is_help=True, help="Change a setting.")
+sharing_app = RapportTyper(no_args_is_help=True, help="Who sees what of an account's mail.")
+blocklist_app = RapportTyper(no_args_is_help=True, help="Per-account blocklists.")
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(blocklist_app, name="blocklist")
 app.add_typer(settings_app, name="settings")
@@ -63,7 +86,9 @@ def main_options(
 
 def configure_prefect(h: Home) -> None:
     """Local, quiet, telemetry-free Prefect; a temporary local API unless one is configured."""
-    os.environ.setdefault("PREFECT_HOME", str(h.state / "prefect"))
+    if "PREFECT_HOME" not in os.environ:
+        (h.state / "prefect").mkdir(parents=True, exist_ok=True)
+        os.environ["PREFECT_HOME"] = str(h.state / "prefect")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -300,7 +325,7 @@ def add_account(
     return existing
 
 
-connect_app = typer.Typer(no_args_is_help=True, help="Authorise a real account interactively.")
+connect_app = RapportTyper(no_args_is_help=True, help="Authorise a real account interactively.")
 accounts_app.add_typer(connect_app, name="connect")
 
 

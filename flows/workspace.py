@@ -25,7 +25,7 @@ SHARING_LEVELS = ("metadata", "subject", "full")
 
 
 class WorkspaceError(Exception):
-    """A user-facing problem with workspace state or input (one clear line)."""
+    """A user-facing problem with workspace state or input (one clear line, exit code 2)."""
 
 
 def utcnow() -> datetime:

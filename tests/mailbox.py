@@ -280,12 +280,14 @@ def run_pipeline(home, as_of: datetime = AS_OF, validate: bool = True):
     """Everything sync_workspace does, without the Prefect wrapper (for fast property tests)."""
     from flows.engine import (
         STREAMS_BY_PROVIDER,
+        apply_blocklist_changes,
         build_and_publish,
         extract_stream,
         new_run_id,
         record_stream_results,
     )
 
+    apply_blocklist_changes(home)
     ws = home.load()
     results = [
         extract_stream(home, a.account_id, s)
