@@ -225,7 +225,10 @@ def build(
         )
     ).join(people.lazy().select("person_id", "company_id"), on="person_id", how="left")
     interactions = (
-        interactions.select(list(INTERACTIONS_SCHEMA)).collect().cast(INTERACTIONS_SCHEMA)
+        interactions.select(list(INTERACTIONS_SCHEMA))
+        .sort("member_id", "person_id", "at", "source_key", "account_id")  # stable output
+        .collect()
+        .cast(INTERACTIONS_SCHEMA)
     )
     scores = person_connections(interactions.lazy(), frames.as_of).collect()
     connections = connections_table(scores.lazy(), people).collect()
