@@ -126,13 +126,27 @@ def _participant_rows(ws: SyntheticWorkspace, msgs: pl.DataFrame) -> pl.DataFram
         "account_id",
         sent=pl.col("labels").list.contains("SENT"),
     )
-    return (
-        ws.participants.join(keys, on=["mailbox", "message_id"], how="inner")
+    rows = (
+        ws.participants.with_columns(i=pl.int_range(pl.len(), dtype=pl.Int64))
+        .join(keys, on=["mailbox", "message_id"], how="inner")
         .filter((pl.col("role") != "bcc") | pl.col("sent"))
-        .with_columns(rank=pl.col("role").replace_strict(ROLE_RANK, return_dtype=pl.UInt8))
-        .sort(["acc", "pos", "rank"], maintain_order=True)
-        .select("acc", "chunk", "account_id", "message_id", "role", address="email", name="name")
+        .select(
+            "acc",
+            "chunk",
+            "account_id",
+            "message_id",
+            "role",
+            address="email",
+            name="name",
+            # Header order: message by message, roles in header order, then as written.
+            key=pl.col("acc").cast(pl.Int64) * (1 << 40)
+            + pl.col("pos") * 8
+            + pl.col("role").replace_strict(ROLE_RANK, return_dtype=pl.Int64),
+            i="i",
+        )
     )
+    order = rows.select(pl.arg_sort_by("key", "i")).to_series()
+    return rows.drop("key", "i")[order]
 
 
 def _event_rows(ws: SyntheticWorkspace, amap: pl.DataFrame, now: datetime) -> pl.DataFrame:

@@ -15,9 +15,18 @@ def latest_versions(raw: pl.LazyFrame, key: list[str]) -> pl.LazyFrame:
 
 
 def current_messages(raw_messages: pl.LazyFrame) -> pl.LazyFrame:
-    """Live messages (including blocked markers); deletes drop out."""
-    return latest_versions(raw_messages, ["account_id", "message_id"]).filter(
-        pl.col("op") == "upsert"
+    """Live messages (including blocked markers); deletes drop out.
+
+    RFC Message-IDs are normalised to `<id>` (providers differ on brackets and spaces)
+    so copies of one mail from Gmail, Graph and files are recognised as one.
+    """
+    mid = pl.col("rfc_message_id").str.strip_chars().str.strip_chars("<>").str.strip_chars()
+    return (
+        latest_versions(raw_messages, ["account_id", "message_id"])
+        .filter(pl.col("op") == "upsert")
+        .with_columns(
+            rfc_message_id=pl.when(mid != "").then(pl.concat_str([pl.lit("<"), mid, pl.lit(">")]))
+        )
     )
 
 

@@ -37,8 +37,9 @@ def current_events(raw_events: pl.LazyFrame) -> pl.LazyFrame:
 
 def event_source_key() -> pl.Expr:
     start = pl.col("starts_at").dt.strftime("%Y%m%dT%H%M%SZ")
+    uid = pl.col("ical_uid").str.strip_chars()
     return pl.coalesce(
-        pl.concat_str([pl.col("ical_uid"), pl.lit("@"), start]),
+        pl.when(uid != "").then(pl.concat_str([uid, pl.lit("@"), start])),
         pl.concat_str(["account_id", "event_id"], separator=":"),
     )
 

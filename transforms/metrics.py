@@ -86,7 +86,11 @@ def email_interactions(
             .otherwise(pl.lit("email_received")),
             at="sent_at",
             source_key="source_key",
-            weight=pl.lit(1.0),
+            # On received mail only the sender wrote to the member: co-recipients count
+            # as contact (first/last, counts) but add nothing to the strength score.
+            weight=pl.when((pl.col("direction") == "received") & (pl.col("role") != "from"))
+            .then(pl.lit(0.0))
+            .otherwise(pl.lit(1.0)),
         )
     )
     return rows
