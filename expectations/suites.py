@@ -47,6 +47,14 @@ def _violations(
         .explode("email")
         .filter(pl.col("email").is_in(internal_addresses))
     )
+    if blocklist.is_empty():
+        blocked_rows = pl.DataFrame(schema={"account_id": pl.String, "email": pl.String})
+        return {
+            "people_company_missing": missing_company,
+            "interactions_person_missing": missing_person,
+            "people_internal_address": internal_people,
+            "messages_blocklisted": blocked_rows,
+        }
     addrs = (
         messages.select(
             "account_id",
@@ -114,18 +122,22 @@ def run_gate(
                 gxe.ExpectColumnValuesToBeUnique(column="company_id"),
             ],
         ),
-        "messages": (
-            tables["messages"].select(
-                "message_key", sent_at=pl.col("sent_at").dt.replace_time_zone(None)
-            ),
-            [
-                gxe.ExpectColumnValuesToNotBeNull(column="message_key"),
-                gxe.ExpectColumnValuesToBeUnique(column="message_key"),
-                gxe.ExpectColumnValuesToBeBetween(column="sent_at", min_value=lo, max_value=hi),
-            ],
+        # A million messages: Polars finds the offending rows, GX asserts there are none
+        # (and reports how many). Same rule, a fraction of the pandas cost.
+        "messages_key_null_or_duplicate": (
+            tables["messages"]
+            .select("message_key")
+            .filter(pl.col("message_key").is_null() | pl.col("message_key").is_duplicated()),
+            [gxe.ExpectTableRowCountToEqual(value=0)],
+        ),
+        "messages_sent_at_range": (
+            tables["messages"]
+            .select("message_key", sent_at=pl.col("sent_at").dt.replace_time_zone(None))
+            .filter(pl.col("sent_at").is_not_null() & ~pl.col("sent_at").is_between(lo, hi)),
+            [gxe.ExpectTableRowCountToEqual(value=0)],
         ),
         "connections": (
-            tables["connections"].select("strength"),
+            tables["connections"].select(pl.col("strength").unique()),
             [gxe.ExpectColumnValuesToBeInSet(column="strength", value_set=list(STRENGTHS))],
         ),
     }

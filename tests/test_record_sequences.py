@@ -129,5 +129,7 @@ def test_sequences_keep_the_record_invariants(steps):
             # 3. re-running the step changes nothing
             again = sb.build(previous=staged)
             for name in ("people", "companies", "messages", "interactions", "person_merges"):
-                assert_frame_equal(again.tables[name], staged.tables[name])
+                a, b = again.tables[name], staged.tables[name]
+                cols = [c for c, t in a.schema.items() if not isinstance(t, pl.List)]
+                assert_frame_equal(a.sort(cols, nulls_last=True), b.sort(cols, nulls_last=True))
             previous = staged

@@ -10,8 +10,19 @@ MEMBER_ROLES = ("from", "to", "cc", "bcc", "reply_to")
 
 
 def latest_versions(raw: pl.LazyFrame, key: list[str]) -> pl.LazyFrame:
-    """Keep the last landed version of each key (landing order: version, then seq)."""
-    return raw.sort([*key, "version", "seq"]).unique(subset=key, keep="last", maintain_order=True)
+    """Keep the last landed version of each key (landing order: version, then seq).
+
+    Only the narrow key columns are sorted (by the two integers) to pick a winning row
+    per key; the wide rows (bodies) are then kept by row number, never moved by a sort.
+    """
+    rows = raw.with_row_index("_row")
+    winners = (
+        rows.select("_row", *key, "version", "seq")
+        .sort(["version", "seq"])
+        .unique(subset=key, keep="last")
+        .select("_row")
+    )
+    return rows.join(winners, on="_row", how="semi").drop("_row")
 
 
 def current_messages(raw_messages: pl.LazyFrame) -> pl.LazyFrame:
@@ -31,7 +42,13 @@ def current_messages(raw_messages: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def current_participants(raw_participants: pl.LazyFrame, messages: pl.LazyFrame) -> pl.LazyFrame:
-    """Participants of exactly the surviving version of each message, normalised."""
-    keys = messages.select("account_id", "message_id", "version")
-    parts = raw_participants.join(keys, on=["account_id", "message_id", "version"], how="semi")
+    """Participants of exactly the surviving version of each message, normalised.
+
+    When `messages` carries a `_mid` row number it is attached to each participant, so
+    later group-bys and joins can use one integer instead of two strings.
+    """
+    cols = ["account_id", "message_id", "version"]
+    has_mid = "_mid" in messages.collect_schema().names()
+    keys = messages.select(*cols, *(["_mid"] if has_mid else []))
+    parts = raw_participants.join(keys, on=cols, how="inner" if has_mid else "semi")
     return normalise_addresses(parts, "address")

@@ -96,12 +96,30 @@ def email_interactions(
     return rows
 
 
+KIND_RANK = {"email_sent": 0, "meeting": 1, "email_received": 2}
+
+
 def dedupe_interactions(rows: pl.LazyFrame) -> pl.LazyFrame:
-    """One row per (member, person, source); a sent copy beats a received copy."""
-    return rows.sort(
-        ["member_id", "person_id", "source_key", "kind", "account_id"],
-        descending=[False, False, False, True, False],
-    ).unique(subset=["member_id", "person_id", "source_key"], keep="first", maintain_order=True)
+    """One row per (member, person, source); a sent copy beats a received copy.
+
+    A hash group-by with order-free aggregates: deterministic without a global sort.
+    """
+    ranked = rows.with_columns(_rank=pl.col("kind").replace_strict(KIND_RANK, return_dtype=pl.Int8))
+    return (
+        ranked.group_by("member_id", "person_id", "source_key")
+        .agg(
+            _rank=pl.min("_rank"),
+            account_id=pl.min("account_id"),
+            at=pl.min("at"),
+            weight=pl.max("weight"),
+        )
+        .with_columns(
+            kind=pl.col("_rank").replace_strict(
+                {v: k for k, v in KIND_RANK.items()}, return_dtype=pl.String
+            )
+        )
+        .drop("_rank")
+    )
 
 
 def decay(age_days: pl.Expr) -> pl.Expr:
@@ -171,12 +189,13 @@ def _metrics(
     def within(days: int) -> pl.Expr:
         return past & (at > pl.lit(as_of) - day * days)
 
-    ordered = interactions.sort(key, "at", "kind", "member_id")
-    base = ordered.group_by(key).agg(
+    # Per-group sort for "the last one" instead of sorting every interaction globally.
+    latest = [pl.col(c).filter(past) for c in ("at", "kind", "member_id")]
+    base = interactions.group_by(key).agg(
         first_interaction_at=at.filter(past).min(),
         last_interaction_at=at.filter(past).max(),
-        last_interaction_kind=pl.col("kind").filter(past).last(),
-        last_interaction_member_id=pl.col("member_id").filter(past).last(),
+        last_interaction_kind=pl.col("kind").filter(past).sort_by(latest).last(),
+        last_interaction_member_id=pl.col("member_id").filter(past).sort_by(latest).last(),
         first_email_at=at.filter(is_email & past).min(),
         last_email_at=at.filter(is_email & past).max(),
         first_meeting_at=at.filter(is_meeting & past).min(),

@@ -7,6 +7,7 @@ Everything is a LazyFrame until a table is finished; per-row Python never runs.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -67,6 +68,20 @@ class WorkspaceFrames:
 class Staged:
     tables: dict[str, pl.DataFrame]
     stats: dict[str, int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Laps:
+    """Wall time per transform step (reported by `make bench` and sync_runs)."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.times[name] = round(now - self.last, 4)
+        self.last = now
 
 
 def scan(lake_dir: Path, table: str, account_ids: list[str]) -> pl.LazyFrame:
@@ -108,12 +123,13 @@ def build(
     previous_companies: pl.DataFrame | None = None,
     previous_merges: pl.DataFrame | None = None,
 ) -> Staged:
+    lap = Laps()
     account_ids = frames.accounts.filter(pl.col("status") != "removed")["account_id"].to_list()
     internal_addresses, internal_domains = internal_sets(frames)
 
     # --- current state of the lake
     raw_msgs = scan(lake_dir, "messages", account_ids)
-    msgs = current_messages(raw_msgs).collect()
+    msgs = current_messages(raw_msgs).collect().with_row_index("_mid")
     parts = current_participants(scan(lake_dir, "participants", account_ids), msgs.lazy())
     parts = with_internal_flag(parts, internal_addresses, internal_domains).collect()
     raw_events = current_events(scan(lake_dir, "events", account_ids)).collect()
@@ -136,6 +152,7 @@ def build(
         ["account_id", "item_id"],
     ).collect()
 
+    lap("load_current")
     # --- 1. blocklist (message and thread level)
     blocklist = normalise_blocklist(frames.blocklist)
     visible, vparts, blocked_threads = split_blocked(msgs.lazy(), parts.lazy(), blocklist)
@@ -143,6 +160,7 @@ def build(
     vparts = vparts.collect()
     blocked_threads = blocked_threads.collect()
 
+    lap("blocklist_direction")
     # --- 2. automatic record creation (+ canonical-address dedup by construction)
     erc_off = erc_off_intervals(frames.erc_toggles)
     candidates = person_candidates(
@@ -162,6 +180,7 @@ def build(
         previous_people,
     )
 
+    lap("people")
     # --- 3. companies and domain linking
     domains = [e.split("@")[1] for e in people["primary_email"].drop_nulls().to_list()]
     domains += [
@@ -196,6 +215,7 @@ def build(
         created_lookup,
         frames.extra_company_domains or None,
     )
+    lap("companies")
     # --- 4. dedup merges (before linking, so a survivor links by all its addresses)
     people, person_merges = apply_merges(people, domain_info, previous_merges)
     last_used = (
@@ -210,6 +230,7 @@ def build(
     )
     people = link_people(people, companies, domain_info, last_used)
 
+    lap("merges_linking")
     # --- 5. interactions and metrics
     person_keys = person_key_map(people)
     interactions = dedupe_interactions(
@@ -225,21 +246,22 @@ def build(
         )
     ).join(people.lazy().select("person_id", "company_id"), on="person_id", how="left")
     interactions = (
-        interactions.select(list(INTERACTIONS_SCHEMA))
-        .sort("member_id", "person_id", "at", "source_key", "account_id")  # stable output
-        .collect()
-        .cast(INTERACTIONS_SCHEMA)
+        interactions.select(list(INTERACTIONS_SCHEMA)).collect().cast(INTERACTIONS_SCHEMA)
     )
+    lap("interactions")
     scores = person_connections(interactions.lazy(), frames.as_of).collect()
     connections = connections_table(scores.lazy(), people).collect()
     company_scores = connections.filter(pl.col("person_id").is_null())
+    lap("connections")
     p_metrics = person_metrics(
         interactions.lazy(), people, frames.as_of, frames.members, scores.lazy()
     ).collect()
+    lap("person_metrics")
     c_metrics = company_metrics(
         interactions.lazy(), companies, frames.as_of, frames.members, company_scores.lazy()
     ).collect()
 
+    lap("company_metrics")
     messages_out = messages_table(visible, vparts)
     message_flags = (
         vparts.group_by("account_id", "message_id")
@@ -250,8 +272,8 @@ def build(
             internal_only="internal_only",
         )
         .join(messages_out.select("message_key"), on="message_key", how="semi")
-        .sort("message_key")
     )
+    lap("messages_table")
     tables = {
         "people": people,
         "companies": companies,
@@ -277,7 +299,8 @@ def build(
         "participants_invalid": int((~parts["valid"]).sum()),
         "quarantined": quarantine.height,
     }
-    return Staged(tables=tables, stats=stats)
+    lap("finish")
+    return Staged(tables=tables, stats=stats, timings=lap.times)
 
 
 def normalise_blocklist(blocklist: pl.DataFrame) -> pl.DataFrame:
@@ -312,20 +335,20 @@ def person_key_map(people: pl.DataFrame) -> pl.DataFrame:
 
 def messages_table(visible: pl.DataFrame, vparts: pl.DataFrame) -> pl.DataFrame:
     """The contract `messages` table (no blocked mail, ever)."""
-
-    def emails(role: str) -> pl.DataFrame:
-        return (
-            vparts.filter(pl.col("role") == role)
-            .with_columns(addr=pl.coalesce("email", pl.col("address").str.to_lowercase()))
-            .group_by("account_id", "message_id")
-            .agg(pl.col("addr").alias(f"{role}_emails"))
+    addr = pl.coalesce("email", pl.col("address").str.to_lowercase())
+    role = pl.col("role")
+    lists = (
+        vparts.lazy()
+        .group_by("_mid")  # one integer per message, attached when participants were read
+        .agg(
+            from_email=addr.filter(role == "from").first(),
+            to_emails=addr.filter(role == "to"),
+            cc_emails=addr.filter(role == "cc"),
         )
-
-    out = (
+    )
+    return (
         visible.lazy()
-        .join(emails("from").lazy(), on=["account_id", "message_id"], how="left")
-        .join(emails("to").lazy(), on=["account_id", "message_id"], how="left")
-        .join(emails("cc").lazy(), on=["account_id", "message_id"], how="left")
+        .join(lists, on="_mid", how="left")
         .select(
             message_key=pl.concat_str(["account_id", "message_id"], separator=":"),
             account_id="account_id",
@@ -336,11 +359,9 @@ def messages_table(visible: pl.DataFrame, vparts: pl.DataFrame) -> pl.DataFrame:
             subject="subject",
             snippet="snippet",
             body_text="body_text",
-            from_email=pl.col("from_emails").list.first(),
+            from_email="from_email",
             to_emails=pl.col("to_emails").fill_null([]),
             cc_emails=pl.col("cc_emails").fill_null([]),
         )
-        .sort("message_key")
         .collect()
     )
-    return out

@@ -134,25 +134,57 @@ def best_names(participants: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+SCHEMA_NAMES = {
+    "display_name": pl.String,
+    "name": pl.String,
+    "first_name": pl.String,
+    "last_name": pl.String,
+}
+
+
+def _plain_two_word_names(names: pl.Series) -> pl.Series:
+    """True where nameparser would just split 'First Last' (no comma, title or suffix)."""
+    from nameparser.config import CONSTANTS
+
+    special = (
+        set(CONSTANTS.titles)
+        | set(CONSTANTS.suffix_acronyms)
+        | set(CONSTANTS.suffix_not_acronyms)
+        | set(CONSTANTS.conjunctions)
+        | set(CONSTANTS.prefixes)
+    )
+    parts = names.str.split(" ")
+    lowered = parts.list.eval(pl.element().str.to_lowercase().str.strip_chars("."))
+    return (
+        (parts.list.len() == 2)
+        & ~names.str.contains(r"[,()\[\]\"]")
+        & ~lowered.list.eval(pl.element().is_in(list(special))).list.any()
+    ).fill_null(False)
+
+
 def split_names(names: pl.Series) -> pl.DataFrame:
-    """(name, first_name, last_name) for distinct names; nameparser handles 'Doe, Jane'."""
+    """(name, first_name, last_name) for distinct names; nameparser handles 'Doe, Jane'.
+
+    Plain 'First Last' names (the vast majority) split in Polars; only the rest go
+    through nameparser, one call per distinct name.
+    """
+    distinct = names.unique().drop_nulls().str.strip_chars()
+    distinct = distinct.filter(distinct != "").unique()
+    plain = _plain_two_word_names(distinct)
+    simple = pl.DataFrame({"display_name": distinct.filter(plain)}).with_columns(
+        name=pl.col("display_name"),
+        first_name=pl.col("display_name").str.split(" ").list.first(),
+        last_name=pl.col("display_name").str.split(" ").list.last(),
+    )
     rows = []
-    for full in names.unique().drop_nulls().to_list():
+    for full in distinct.filter(~plain).to_list():
         parsed = HumanName(full)
         first = parsed.first or None
         last = parsed.last or None
         tidy = " ".join(p for p in (first, parsed.middle or None, last) if p) or full
         rows.append((full, tidy, first, last))
-    return pl.DataFrame(
-        rows,
-        schema={
-            "display_name": pl.String,
-            "name": pl.String,
-            "first_name": pl.String,
-            "last_name": pl.String,
-        },
-        orient="row",
-    )
+    hard = pl.DataFrame(rows, schema=SCHEMA_NAMES, orient="row")
+    return pl.concat([simple.cast(SCHEMA_NAMES), hard])
 
 
 def names_from_local_part(lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -184,11 +216,12 @@ def build_people(
 ) -> pl.DataFrame:
     """People keyed by canonical address, merged with the previous run's records."""
     created = (
-        candidates.sort("sent_at", "account_id")
-        .group_by("canonical_key", maintain_order=True)
+        candidates.group_by("canonical_key")
         .agg(
-            created_at=pl.col("sent_at").first(), created_from_account=pl.col("account_id").first()
+            created_at=pl.col("sent_at").min(),
+            created_from_account=pl.col("account_id").sort_by("sent_at", "account_id").first(),
         )
+        .sort("canonical_key")
         .collect()
     )
     prev_keys = _previous_key_map(previous)

@@ -53,8 +53,12 @@ def split_blocked(
     A message is hidden if it was landed as a marker or any participant is blocked.
     Its whole thread then creates no records for that account.
     """
-    matched = blocklist_matches(participants, blocklist)
     markers = messages.filter(pl.col("blocked")).select("account_id", "message_id")
+    if blocklist.is_empty() and markers.select(pl.len()).collect().item() == 0:
+        # Nothing is blocked: skip four joins over every message and participant.
+        empty = messages.select("account_id", "thread_id").head(0)
+        return messages, participants, empty
+    matched = blocklist_matches(participants, blocklist)
     hidden = pl.concat([matched, markers]).unique()
     visible = messages.join(hidden, on=["account_id", "message_id"], how="anti")
     blocked_threads = (
