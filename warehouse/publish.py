@@ -64,6 +64,7 @@ def publish(
     con = duckdb.connect(str(tmp))
     try:
         con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET preserve_insertion_order = false")  # lets inserts run in parallel
         con.execute("BEGIN")
         con.execute(sql_text("schema.sql"))
         for name, frame in {**tables, "sync_runs": sync_runs}.items():

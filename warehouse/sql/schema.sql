@@ -1,13 +1,15 @@
 -- The contract tables of DESIGN §5. Built fresh into a new file on every publish,
 -- then swapped in atomically, so readers never see half a run.
+-- No PRIMARY KEY constraints: index builds cost a fifth of the publish; the quality
+-- gate (expectations/) checks that ids are unique and not null before every publish.
 CREATE TABLE members (
-    member_id VARCHAR PRIMARY KEY,
+    member_id VARCHAR,
     email     VARCHAR NOT NULL,
     name      VARCHAR
 );
 
 CREATE TABLE accounts (
-    account_id      VARCHAR PRIMARY KEY,
+    account_id      VARCHAR,
     member_id       VARCHAR NOT NULL,
     provider        VARCHAR NOT NULL,
     email           VARCHAR NOT NULL,
@@ -33,7 +35,7 @@ CREATE TABLE sharing_grants (
 );
 
 CREATE TABLE people (
-    person_id            VARCHAR PRIMARY KEY,
+    person_id            VARCHAR,
     name                 VARCHAR,
     first_name           VARCHAR,
     last_name            VARCHAR,
@@ -45,7 +47,7 @@ CREATE TABLE people (
 );
 
 CREATE TABLE companies (
-    company_id VARCHAR PRIMARY KEY,
+    company_id VARCHAR,
     name       VARCHAR,
     domains    VARCHAR[] NOT NULL,
     created_at TIMESTAMPTZ
@@ -60,7 +62,7 @@ CREATE TABLE person_merges (
 );
 
 CREATE TABLE messages (
-    message_key    VARCHAR PRIMARY KEY,
+    message_key    VARCHAR,
     account_id     VARCHAR NOT NULL,
     thread_id      VARCHAR,
     rfc_message_id VARCHAR,
@@ -76,12 +78,12 @@ CREATE TABLE messages (
 
 -- Per-message facts the privacy macro needs but analysts rarely do.
 CREATE TABLE message_flags (
-    message_key   VARCHAR PRIMARY KEY,
+    message_key   VARCHAR,
     internal_only BOOLEAN NOT NULL
 );
 
 CREATE TABLE events (
-    event_key       VARCHAR PRIMARY KEY,
+    event_key       VARCHAR,
     account_id      VARCHAR NOT NULL,
     starts_at       TIMESTAMPTZ,
     ends_at         TIMESTAMPTZ,
@@ -110,7 +112,7 @@ CREATE TABLE connections (
 );
 
 CREATE TABLE person_metrics (
-    person_id                     VARCHAR PRIMARY KEY,
+    person_id                     VARCHAR,
     first_interaction_at          TIMESTAMPTZ,
     last_interaction_at           TIMESTAMPTZ,
     last_interaction_kind         VARCHAR,
@@ -130,7 +132,7 @@ CREATE TABLE person_metrics (
 );
 
 CREATE TABLE company_metrics (
-    company_id                    VARCHAR PRIMARY KEY,
+    company_id                    VARCHAR,
     first_interaction_at          TIMESTAMPTZ,
     last_interaction_at           TIMESTAMPTZ,
     last_interaction_kind         VARCHAR,
@@ -160,7 +162,7 @@ CREATE TABLE quarantine (
 );
 
 CREATE TABLE sync_runs (
-    run_id              VARCHAR PRIMARY KEY,
+    run_id              VARCHAR,
     started_at          TIMESTAMPTZ NOT NULL,
     finished_at         TIMESTAMPTZ,
     status              VARCHAR NOT NULL,
