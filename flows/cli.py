@@ -804,6 +804,18 @@ def sharing_revoke(
     console.print(f"{member} no longer has full access to {acc.email}")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """Run the benchmarks (same as `make bench`); options pass through, e.g. --messages 100k."""
+    try:
+        from benchmarks.run import main as bench_main
+    except ImportError as exc:
+        raise WorkspaceError(
+            f"benchmarks need the bench extra: pip install -e '.[bench]' ({exc})"
+        ) from None
+    raise typer.Exit(bench_main(list(ctx.args)))
+
+
 @app.command()
 def demo(
     messages: Annotated[int, typer.Option(help="Messages in the synthetic workspace.")] = 5000,
