@@ -453,6 +453,7 @@ def build_and_publish(
         previous_merges=read_previous(home.warehouse, "person_merges"),
     )
     timings["transform_s"] = round(time.perf_counter() - t0, 3)
+    timings.update({f"transform.{step}": s for step, s in staged.timings.items()})
     tables = dict(staged.tables)
     tables.update(workspace_tables(ws))
     run_row: dict[str, Any] = {

@@ -67,6 +67,16 @@ def parse_as_of(as_of: str | None) -> datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
+def prewarm_quality_gate() -> None:
+    """Import Great Expectations (seconds) in the background while extraction runs."""
+    import importlib
+    import threading
+
+    threading.Thread(
+        target=importlib.import_module, args=("great_expectations",), daemon=True
+    ).start()
+
+
 @flow(name="sync-workspace")
 def sync_workspace(
     home: str = "./data",
@@ -79,6 +89,7 @@ def sync_workspace(
     when = parse_as_of(as_of)
     started = datetime.now(UTC)
     run_id = new_run_id()
+    prewarm_quality_gate()
     with h.lock("writer", timeout_s=lock_timeout_s):
         apply_blocklist_changes(h)
         ws = h.load()

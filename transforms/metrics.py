@@ -191,6 +191,8 @@ def _metrics(
 
     # Per-group sort for "the last one" instead of sorting every interaction globally.
     latest = [pl.col(c).filter(past) for c in ("at", "kind", "member_id")]
+    # Distinct counts on a 64-bit hash of the source key, not on the strings themselves.
+    src = pl.col("source_key").hash(seed=7)
     base = interactions.group_by(key).agg(
         first_interaction_at=at.filter(past).min(),
         last_interaction_at=at.filter(past).max(),
@@ -202,10 +204,10 @@ def _metrics(
         last_meeting_at=at.filter(is_meeting & past).max(),
         next_meeting_at=at.filter(is_meeting & (at > as_of)).min(),
         # Distinct sources: mail to two members, or a shared meeting, counts once.
-        emails_30d=pl.col("source_key").filter(is_email & within(30)).n_unique().cast(pl.Int64),
-        emails_90d=pl.col("source_key").filter(is_email & within(90)).n_unique().cast(pl.Int64),
-        emails_365d=pl.col("source_key").filter(is_email & within(365)).n_unique().cast(pl.Int64),
-        meetings_90d=pl.col("source_key").filter(is_meeting & within(90)).n_unique().cast(pl.Int64),
+        emails_30d=src.filter(is_email & within(30)).n_unique().cast(pl.Int64),
+        emails_90d=src.filter(is_email & within(90)).n_unique().cast(pl.Int64),
+        emails_365d=src.filter(is_email & within(365)).n_unique().cast(pl.Int64),
+        meetings_90d=src.filter(is_meeting & within(90)).n_unique().cast(pl.Int64),
     )
     emails = member_emails.lazy().select("member_id", member_email="email")
     best = (

@@ -264,14 +264,16 @@ def build(
     lap("company_metrics")
     messages_out = messages_table(visible, vparts)
     message_flags = (
-        vparts.group_by("account_id", "message_id")
+        vparts.lazy()
+        .group_by("_mid")
         # An unparseable address can't prove the mail left the team: treat it as internal.
         .agg(internal_only=(pl.col("internal") | ~pl.col("valid")).all())
+        .join(visible.lazy().select("_mid", "account_id", "message_id"), on="_mid")
         .select(
             message_key=pl.concat_str(["account_id", "message_id"], separator=":"),
             internal_only="internal_only",
         )
-        .join(messages_out.select("message_key"), on="message_key", how="semi")
+        .collect()
     )
     lap("messages_table")
     tables = {
