@@ -159,20 +159,13 @@ def backfill_stream(
         secrets = home.load_credentials(account_id)
         blocklist = Blocklist((b.entry, b.kind) for b in ws.blocklist_for(account_id))
         if stream == "gmail":
-            from connectors.gmail import GmailSettings, GmailSync
+            from connectors.gmail import GmailSync
 
-            settings = GmailSettings(
-                api_endpoint=account.api_endpoint or GmailSettings.api_endpoint,
-                token_uri=account.token_uri or GmailSettings.token_uri,
-                sync_bodies=account.sync_bodies,
-                retry=retry_policy(),
-                quota_units_per_second=float(os.environ.get("RAPPORT_GMAIL_QUOTA", "250")),
-            )
             out = GmailSync(
                 lake_dir=home.lake,
                 account_id=account_id,
                 secrets=secrets,
-                settings=settings,
+                settings=google_settings(account),
                 blocklist=blocklist,
                 progress=report,
             ).backfill(since, until, refetch_all)
@@ -209,6 +202,19 @@ def remove_account_data(home: Home, email: str) -> str:
     return acc.account_id
 
 
+def google_settings(account: Account) -> Any:
+    """Gmail/Calendar client settings for an account (endpoints, quota, retries)."""
+    from connectors.gmail import GmailSettings
+
+    return GmailSettings(
+        api_endpoint=account.api_endpoint or GmailSettings.api_endpoint,
+        token_uri=account.token_uri or GmailSettings.token_uri,
+        sync_bodies=account.sync_bodies,
+        retry=retry_policy(),
+        quota_units_per_second=float(os.environ.get("RAPPORT_GMAIL_QUOTA", "250")),
+    )
+
+
 def run_stream(
     home: Home,
     account: Account,
@@ -222,15 +228,7 @@ def run_stream(
     """Dispatch one stream to its connector (each module is imported only when used)."""
     lake_dir, account_id = home.lake, account.account_id
     if stream in ("gmail", "gcalendar"):
-        from connectors.gmail import GmailSettings
-
-        settings = GmailSettings(
-            api_endpoint=account.api_endpoint or GmailSettings.api_endpoint,
-            token_uri=account.token_uri or GmailSettings.token_uri,
-            sync_bodies=account.sync_bodies,
-            retry=retry_policy(),
-            quota_units_per_second=float(os.environ.get("RAPPORT_GMAIL_QUOTA", "250")),
-        )
+        settings = google_settings(account)
         if stream == "gmail":
             from connectors.gmail import GmailSync
 
@@ -319,18 +317,7 @@ def workspace_frames(ws: Workspace, as_of: datetime) -> WorkspaceFrames:
             addr_rows,
             schema={"account_id": pl.String, "member_id": pl.String, "address": pl.String},
         ),
-        blocklist=pl.DataFrame(
-            [
-                {
-                    "account_id": b.account_id,
-                    "entry": b.entry,
-                    "kind": b.kind,
-                    "added_at": _ts(b.added_at),
-                }
-                for b in ws.blocklist
-            ],
-            schema={"account_id": pl.String, "entry": pl.String, "kind": pl.String, "added_at": TS},
-        ),
+        blocklist=blocklist_frame(ws),
         erc_toggles=pl.DataFrame(
             [{"enabled": t["enabled"], "at": _ts(t["at"])} for t in ws.enhanced_record_creation],
             schema={"enabled": pl.Boolean, "at": TS},
@@ -340,6 +327,21 @@ def workspace_frames(ws: Workspace, as_of: datetime) -> WorkspaceFrames:
         extra_company_domains=dict(ws.company_domains),
         exclude_list_mail=ws.exclude_list_mail,
         automated_pattern=ws.automated_senders_pattern,
+    )
+
+
+def blocklist_frame(ws: Workspace) -> pl.DataFrame:
+    return pl.DataFrame(
+        [
+            {
+                "account_id": b.account_id,
+                "entry": b.entry,
+                "kind": b.kind,
+                "added_at": _ts(b.added_at),
+            }
+            for b in ws.blocklist
+        ],
+        schema={"account_id": pl.String, "entry": pl.String, "kind": pl.String, "added_at": TS},
     )
 
 
@@ -503,18 +505,7 @@ def workspace_tables(ws: Workspace) -> dict[str, pl.DataFrame]:
         [{"member_id": m.member_id, "email": m.email, "name": m.name} for m in ws.members],
         schema={"member_id": pl.String, "email": pl.String, "name": pl.String},
     )
-    blocklist = pl.DataFrame(
-        [
-            {
-                "account_id": b.account_id,
-                "entry": b.entry,
-                "kind": b.kind,
-                "added_at": _ts(b.added_at),
-            }
-            for b in ws.blocklist
-        ],
-        schema={"account_id": pl.String, "entry": pl.String, "kind": pl.String, "added_at": TS},
-    )
+    blocklist = blocklist_frame(ws)
     grants = pl.DataFrame(
         [{"account_id": a.account_id, "member_email": g} for a in ws.accounts for g in a.grants],
         schema={"account_id": pl.String, "member_email": pl.String},

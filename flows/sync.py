@@ -67,6 +67,16 @@ def parse_as_of(as_of: str | None) -> datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
+def stream_targets(h: Home, accounts: list[str] | None) -> list[tuple[str, str]]:
+    """(account_id, stream) for every live account (or only the named ones)."""
+    return [
+        (a.account_id, s)
+        for a in h.load().active_accounts()
+        if accounts is None or a.email in accounts
+        for s in STREAMS_BY_PROVIDER.get(a.provider, [])
+    ]
+
+
 def prewarm_quality_gate() -> None:
     """Import Great Expectations (seconds) in the background while extraction runs."""
     import importlib
@@ -92,13 +102,7 @@ def sync_workspace(
     prewarm_quality_gate()
     with h.lock("writer", timeout_s=lock_timeout_s):
         apply_blocklist_changes(h)
-        ws = h.load()
-        targets = [
-            (a.account_id, s)
-            for a in ws.active_accounts()
-            if accounts is None or a.email in accounts
-            for s in STREAMS_BY_PROVIDER.get(a.provider, [])
-        ]
+        targets = stream_targets(h, accounts)
         futures = extract_account_stream.map(
             unmapped(home), [t[0] for t in targets], [t[1] for t in targets]
         )
@@ -230,13 +234,7 @@ def backfill(
     run_id = new_run_id()
     with h.lock("writer", timeout_s=lock_timeout_s):
         apply_blocklist_changes(h)
-        ws = h.load()
-        targets = [
-            (a.account_id, s)
-            for a in ws.active_accounts()
-            if accounts is None or a.email in accounts
-            for s in STREAMS_BY_PROVIDER.get(a.provider, [])
-        ]
+        targets = stream_targets(h, accounts)
         futures = backfill_account_stream.map(
             unmapped(home),
             [t[0] for t in targets],

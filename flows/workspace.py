@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from connectors.lake import fsync_dir
+
 SHARING_LEVELS = ("metadata", "subject", "full")
 
 
@@ -53,11 +55,7 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.close(fd)
     os.chmod(tmp, mode)
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)
 
 
 def atomic_write_json(path: Path, obj: Any, mode: int = 0o644) -> None:

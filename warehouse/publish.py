@@ -20,6 +20,8 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from connectors.lake import fsync_dir
+
 
 def sql_text(name: str) -> str:
     return resources.files("warehouse").joinpath("sql", name).read_text()
@@ -89,11 +91,7 @@ def publish(
     finally:
         os.close(fd)
     os.replace(tmp, warehouse)
-    dir_fd = os.open(warehouse.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(warehouse.parent)
     return rows
 
 

@@ -392,3 +392,21 @@ def test_same_full_name_on_same_company_domain_merges_into_the_older_record(tmp_
         again.tables["people"]["person_id"].sort().to_list() == people["person_id"].sort().to_list()
     )
     assert again.tables["person_merges"].height == 1
+
+
+def test_extra_domains_join_a_company_only_through_configuration(tmp_path):
+    sb = Sandbox(tmp_path)
+    sb.land(ALICE, [Mail("s1", ALICE, ["a@acme.com", "b@acme.io"], labels=["SENT"])])
+    plain = sb.build()
+    assert sorted(d for ds in plain.tables["companies"]["domains"] for d in ds) == [
+        "acme.com",
+        "acme.io",
+    ]
+    assert plain.tables["companies"].height == 2  # never inferred from the name alike
+    sb2 = Sandbox(tmp_path / "configured")
+    sb2.ws.company_domains = {"acme.io": "acme.com"}
+    sb2.land(ALICE, [Mail("s1", ALICE, ["a@acme.com", "b@acme.io"], labels=["SENT"])])
+    staged = sb2.build()
+    companies = staged.tables["companies"]
+    assert companies["domains"].to_list() == [["acme.com", "acme.io"]]
+    assert person(staged, "b@acme.io")["company_id"] == companies["company_id"][0]
