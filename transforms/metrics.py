@@ -66,16 +66,20 @@ def email_interactions(
     accounts: pl.DataFrame,
 ) -> pl.LazyFrame:
     """One row per (member, person, message): sent mail to the person or received mail."""
-    msgs = messages.select(
-        "account_id", "message_id", "direction", "sent_at", source_key=source_key()
+    # Join on the integer message key when the pipeline attached one (`_mid`).
+    with_mid = "_mid" in messages.collect_schema().names() and (
+        "_mid" in participants.collect_schema().names()
     )
-    parts = participants.filter(pl.col("valid") & ~pl.col("internal")).select(
-        "account_id", "message_id", "role", "canonical_key"
+    key = ["_mid"] if with_mid else ["account_id", "message_id"]
+    msgs = messages.select(*key, "direction", "sent_at", source_key=source_key())
+    parts = (
+        participants.filter(pl.col("valid") & ~pl.col("internal"))
+        .select(*dict.fromkeys(["account_id", *key]), "role", "canonical_key")
+        .join(person_keys, on="canonical_key", how="inner")  # people only, before the wide join
     )
     rows = (
-        parts.join(msgs, on=["account_id", "message_id"], how="inner")
+        parts.join(msgs, on=key, how="inner")
         .filter((pl.col("direction") == "received") | (pl.col("role") != "from"))
-        .join(person_keys, on="canonical_key", how="inner")
         .join(accounts.lazy().select("account_id", "member_id"), on="account_id", how="inner")
         .select(
             "member_id",

@@ -122,12 +122,16 @@ def _is_real_name() -> pl.Expr:
 
 
 def best_names(participants: pl.LazyFrame) -> pl.LazyFrame:
-    """Most frequent real display name per canonical key (ties: alphabetical)."""
+    """Most frequent real display name per canonical key (ties: alphabetical).
+
+    Takes participant rows, or pre-counted rows carrying their count in `n`.
+    """
+    counted = "n" in participants.collect_schema().names()
     return (
         participants.filter(pl.col("valid") & _is_real_name())
         .with_columns(name=pl.col("name").str.strip_chars().str.strip_chars("'\""))
         .group_by("canonical_key", "name")
-        .agg(n=pl.len())
+        .agg(n=pl.sum("n") if counted else pl.len())
         .sort(["canonical_key", "n", "name"], descending=[False, True, False])
         .unique(subset="canonical_key", keep="first", maintain_order=True)
         .select("canonical_key", display_name="name")
@@ -234,11 +238,18 @@ def build_people(
         ]
     )
     # Every address seen for each person's canonical key, with use counts.
-    seen = (
+    # One pass over the (millions of) participant rows; everything after is per address.
+    counts = (
         participants.filter(pl.col("valid"))
-        .join(key_map.lazy(), on="canonical_key", how="inner")
+        .group_by("canonical_key", "email", "name")
+        .agg(n=pl.len(), valid=pl.lit(True))
+        .collect()
+        .lazy()
+    )
+    seen = (
+        counts.join(key_map.lazy(), on="canonical_key", how="inner")
         .group_by("person_id", "email")
-        .agg(n=pl.len())
+        .agg(n=pl.sum("n"))
     )
     if previous is not None and previous.height:
         prev_addr = (
@@ -253,7 +264,7 @@ def build_people(
         .agg(primary_email=pl.col("email").first(), email_addresses=pl.col("email").sort())
         .collect()
     )
-    names = best_names(participants).join(key_map.lazy(), on="canonical_key").collect()
+    names = best_names(counts).join(key_map.lazy(), on="canonical_key").collect()
     # One display name per person: the key with the most recent creation wins ties.
     names = names.sort("person_id", "display_name").unique("person_id", keep="first")
     parsed = split_names(names["display_name"])
