@@ -159,6 +159,9 @@ def build(
     visible = with_direction(visible, vparts, frames.account_addresses).collect()
     vparts = vparts.collect()
     blocked_threads = blocked_threads.collect()
+    # Keep the counts, drop the pre-blocklist copies: a million wide rows less in memory.
+    n_current, n_invalid = msgs.height, int((~parts["valid"]).sum())
+    del msgs, parts
 
     lap("blocklist_direction")
     # --- 2. automatic record creation (+ canonical-address dedup by construction)
@@ -246,7 +249,7 @@ def build(
         )
     ).join(people.lazy().select("person_id", "company_id"), on="person_id", how="left")
     interactions = (
-        interactions.select(list(INTERACTIONS_SCHEMA)).collect().cast(INTERACTIONS_SCHEMA)
+        interactions.select(list(INTERACTIONS_SCHEMA)).cast(INTERACTIONS_SCHEMA).collect()
     )
     lap("interactions")
     scores = person_connections(interactions.lazy(), frames.as_of).collect()
@@ -294,11 +297,11 @@ def build(
         ),
     }
     stats = {
-        "messages_current": msgs.height,
-        "messages_blocked": msgs.height - visible.height,
+        "messages_current": n_current,
+        "messages_blocked": n_current - visible.height,
         "events_current": events.height,
         "events_blocked": blocked_events.height,
-        "participants_invalid": int((~parts["valid"]).sum()),
+        "participants_invalid": n_invalid,
         "quarantined": quarantine.height,
     }
     lap("finish")

@@ -67,6 +67,8 @@ def publish(
     try:
         con.execute("SET TimeZone = 'UTC'")
         con.execute("SET preserve_insertion_order = false")  # lets inserts run in parallel
+        # The frames are already in memory; DuckDB's own buffers can stay small.
+        con.execute("SET memory_limit = '1GB'")
         con.execute("BEGIN")
         con.execute(sql_text("schema.sql"))
         for name, frame in {**tables, "sync_runs": sync_runs}.items():
