@@ -363,3 +363,45 @@ def test_prefect_yaml_entrypoints_import_and_parameters_validate():
         assert dep.get("concurrency_limit") == 1
     sync = next(d for d in spec["deployments"] if d["name"] == "sync-workspace")
     assert sync["schedules"][0]["cron"] == "*/10 * * * *"
+
+
+def test_prefect_deploy_all_accepts_the_file(prefect_harness, tmp_path):
+    """`prefect deploy --all` against a real (temporary) Prefect API registers all three."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from prefect.settings import PREFECT_API_URL
+
+    repo = Path(__file__).parents[2]
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "RAPPORT_REPO": str(repo),
+        "RAPPORT_HOME": str(tmp_path / "data"),
+    }
+
+    def prefect(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "prefect", *args],
+            env=env,
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+    prefect("work-pool", "create", "rapport", "--type", "process")
+    deployed = prefect("--no-prompt", "deploy", "--all")
+    assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
+    listing = prefect("deployment", "inspect", "sync-workspace/sync-workspace")
+    assert listing.returncode == 0
+    assert "*/10 * * * *" in listing.stdout
+    names = prefect("deployment", "ls").stdout
+    for name in (
+        "sync-workspace/sync-workspace",
+        "backfill/backfill",
+        "remove-account/remove-account",
+    ):
+        assert name in names
