@@ -148,6 +148,20 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     fsync_dir(path.parent)
 
 
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Small JSON state (manifests): temp name, fsync, rename, fsync the folder."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 def fsync_dir(folder: Path) -> None:
     """Make a rename durable: fsync the folder that holds the new name."""
     dir_fd = os.open(folder, os.O_RDONLY)

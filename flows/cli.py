@@ -804,6 +804,17 @@ def sharing_revoke(
     console.print(f"{member} no longer has full access to {acc.email}")
 
 
+@app.command()
+def compact() -> None:
+    """Fold every account's delta files into current-state files (syncs do this at 200)."""
+    from flows.engine import compact_lake
+
+    h = home()
+    with h.lock("writer", timeout_s=600):
+        done = compact_lake(h, min_files=0)
+    console.print(f"compacted {len(done)} accounts ({sum(done.values()):,} current rows kept)")
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(ctx: typer.Context) -> None:
     """Run the benchmarks (same as `make bench`); options pass through, e.g. --messages 100k."""

@@ -109,10 +109,30 @@ def extract_stream(
     return result
 
 
+COMPACT_AFTER_FILES = 200  # per account; a sync every 10 minutes reaches it in about a day
+
+
+def compact_lake(home: Home, min_files: int = COMPACT_AFTER_FILES) -> dict[str, int]:
+    """Fold accounts' small delta files into current-state files (under the writer lock)."""
+    from connectors.compact import compact_account, file_count
+
+    done: dict[str, int] = {}
+    for acc in home.load().active_accounts():
+        if file_count(home.lake, acc.account_id) > min_files:
+            kept = compact_account(home.lake, acc.account_id)
+            done[acc.account_id] = sum(kept.values())
+    return done
+
+
 def apply_blocklist_changes(home: Home) -> dict[str, int]:
-    """Purge newly blocked content from the lake (retroactive blocklists, DESIGN §4.2)."""
+    """Purge newly blocked content from the lake (retroactive blocklists, DESIGN §4.2).
+
+    Runs first in every writer, so it also finishes a compaction a crash interrupted.
+    """
+    from connectors.compact import finish_pending
     from connectors.purge import purge_blocklisted
 
+    finish_pending(home.lake)
     purged: dict[str, int] = {}
     ws = home.load()
     for acc in ws.active_accounts():

@@ -14,6 +14,7 @@ from flows.engine import (
     apply_blocklist_changes,
     backfill_stream,
     build_and_publish,
+    compact_lake,
     extract_stream,
     new_run_id,
     record_stream_results,
@@ -111,6 +112,7 @@ def sync_workspace(
         published = transform_validate_publish(
             home, run_id, when.isoformat(), results, started.isoformat()
         )
+        compact_lake(h)  # after the publish, so the next run reads fewer files
     return {"run_id": run_id, "streams": results, "publish": published}
 
 
