@@ -23,20 +23,13 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import google.auth.exceptions
-import google.auth.transport.requests
-import google_auth_httplib2
-import httplib2
 import polars as pl
-from google.oauth2.credentials import Credentials
-from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 
 from connectors import lake
 from connectors.base import ProgressFn, SyncResult
-from connectors.gmail import SCOPES, GmailSettings, _auth_reason, _http_error_status, classify
+from connectors.gmail import GmailSettings, GoogleClient, _http_error_status
 from connectors.mailparse import Blocklist, Malformed
-from connectors.retry import AuthFailure, TokenBucket, call_with_retries
 
 log = logging.getLogger("rapport.gcalendar")
 
@@ -51,10 +44,6 @@ CALENDAR_QPS = 10.0  # Calendar's per-user default is 600 queries a minute
 FULL_LIST_ATTEMPTS = 3  # a page token may also expire mid-listing (410): start over
 
 
-def _root(endpoint: str) -> str:
-    return endpoint if endpoint.endswith("/") else endpoint + "/"
-
-
 def _rfc3339(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -63,69 +52,22 @@ def is_sync_expired(exc: BaseException) -> bool:
     return isinstance(exc, HttpError) and _http_error_status(exc) == 410
 
 
-class CalendarClient:
-    """The real google-api-python-client for Calendar v3, with quota and retries."""
+class CalendarClient(GoogleClient):
+    """Calendar v3 on the same Google account and endpoint root as Gmail."""
+
+    label = "calendar"
 
     def __init__(self, secrets: dict[str, str], settings: GmailSettings):
-        self.settings = settings
-        self.creds = Credentials(
-            None,
-            refresh_token=secrets["refresh_token"],
-            token_uri=settings.token_uri,
-            client_id=secrets["client_id"],
-            client_secret=secrets["client_secret"],
-            scopes=SCOPES,
-        )
-        self.http = google_auth_httplib2.AuthorizedHttp(
-            self.creds, http=httplib2.Http(timeout=settings.timeout_s)
-        )
-        # Calendar's servicePath is calendar/v3/, so the endpoint names it under the root.
-        self.service = build(
-            "calendar",
-            "v3",
-            http=self.http,
-            static_discovery=True,
-            cache_discovery=False,
-            client_options={"api_endpoint": _root(settings.api_endpoint) + "calendar/v3/"},
-        )
         qps = settings.quota_units_per_second
-        self.bucket = TokenBucket(min(qps, CALENDAR_QPS) if qps else None)
-        self.retries = 0
-
-    def _on_retry(self, exc: BaseException, pause: float) -> None:
-        self.retries += 1
-        log.info("calendar transient failure (%s); retrying in %.2fs", type(exc).__name__, pause)
-
-    def execute(self, request: Any) -> dict[str, Any]:
-        def run() -> dict[str, Any]:
-            self.bucket.acquire(1)
-            try:
-                return request.execute()
-            except google.auth.exceptions.RefreshError as exc:
-                raise AuthFailure(_auth_reason(exc)) from None
-            except HttpError as exc:
-                if _http_error_status(exc) == 401:
-                    raise AuthFailure("access rejected after refresh (401)") from None
-                raise
-
-        # classify() retries 429/5xx/403-rate (Retry-After honoured); 410 goes to the caller.
-        return call_with_retries(
-            run, policy=self.settings.retry, classify=classify, on_retry=self._on_retry
+        # Calendar's servicePath is calendar/v3/, so the endpoint names it under the root.
+        super().__init__(
+            secrets,
+            settings,
+            api="calendar",
+            version="v3",
+            service_path="calendar/v3/",
+            units_per_second=min(qps, CALENDAR_QPS) if qps else None,
         )
-
-    def ensure_token(self) -> None:
-        """Refresh up front so an unfixable auth failure surfaces as AuthFailure."""
-        if self.creds.valid:
-            return
-        try:
-            call_with_retries(
-                lambda: self.creds.refresh(google.auth.transport.requests.Request()),
-                policy=self.settings.retry,
-                classify=classify,
-                on_retry=self._on_retry,
-            )
-        except google.auth.exceptions.RefreshError as exc:
-            raise AuthFailure(_auth_reason(exc)) from None
 
     def pages(self, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """events.list pages, following nextPageToken with the same parameters."""

@@ -95,10 +95,25 @@ def classify(exc: BaseException) -> tuple[bool, float | None]:
     return isinstance(exc, TRANSIENT_NETWORK_ERRORS), None
 
 
-class GmailClient:
-    """The real google-api-python-client, pointed at an endpoint, with quota and retries."""
+class GoogleClient:
+    """A real google-api-python-client service behind one account's credentials.
 
-    def __init__(self, secrets: dict[str, str], settings: GmailSettings):
+    Shared by Gmail and Calendar: OAuth refresh against `token_uri`, an endpoint, a
+    quota token bucket, and retries of transient failures (AuthFailure when refresh fails).
+    """
+
+    label = "google"
+
+    def __init__(
+        self,
+        secrets: dict[str, str],
+        settings: GmailSettings,
+        *,
+        api: str,
+        version: str,
+        service_path: str = "",
+        units_per_second: float | None = None,
+    ):
         self.settings = settings
         self.creds = Credentials(
             None,
@@ -108,31 +123,29 @@ class GmailClient:
             client_secret=secrets["client_secret"],
             scopes=SCOPES,
         )
-        root = (
-            settings.api_endpoint
-            if settings.api_endpoint.endswith("/")
-            else (settings.api_endpoint + "/")
-        )
-        self.root = root
+        endpoint = settings.api_endpoint
+        self.root = endpoint if endpoint.endswith("/") else endpoint + "/"
         self.http = google_auth_httplib2.AuthorizedHttp(
             self.creds, http=httplib2.Http(timeout=settings.timeout_s)
         )
         self.service = build(
-            "gmail",
-            "v1",
+            api,
+            version,
             http=self.http,
             static_discovery=True,
             cache_discovery=False,
-            client_options={"api_endpoint": root},
+            client_options={"api_endpoint": self.root + service_path},
         )
-        self.bucket = TokenBucket(settings.quota_units_per_second)
+        self.bucket = TokenBucket(units_per_second)
         self.retries = 0
 
     def _on_retry(self, exc: BaseException, pause: float) -> None:
         self.retries += 1
-        log.info("gmail transient failure (%s); retrying in %.2fs", type(exc).__name__, pause)
+        log.info(
+            "%s transient failure (%s); retrying in %.2fs", self.label, type(exc).__name__, pause
+        )
 
-    def execute(self, request: Any, units: int) -> dict[str, Any]:
+    def execute(self, request: Any, units: int = 1) -> dict[str, Any]:
         def run() -> dict[str, Any]:
             self.bucket.acquire(units)
             try:
@@ -161,6 +174,21 @@ class GmailClient:
             )
         except google.auth.exceptions.RefreshError as exc:
             raise AuthFailure(_auth_reason(exc)) from None
+
+
+class GmailClient(GoogleClient):
+    """Gmail v1: quota counted in Gmail's units per call."""
+
+    label = "gmail"
+
+    def __init__(self, secrets: dict[str, str], settings: GmailSettings):
+        super().__init__(
+            secrets,
+            settings,
+            api="gmail",
+            version="v1",
+            units_per_second=settings.quota_units_per_second,
+        )
 
     # ----------------------------------------------------------------- calls
     def profile(self) -> dict[str, Any]:
