@@ -520,9 +520,8 @@ def _count(result: SyncResult, outcome: str) -> None:
         result.quarantined += 1
 
 
-# ----------------------------------------------------------------- mail stream
-class GraphMailSync:
-    """One account's Outlook mail: per-folder message delta for Inbox and Sent Items."""
+class _GraphStream:
+    """What every Graph stream holds: the lake, the account, its client and blocklist."""
 
     def __init__(
         self,
@@ -540,6 +539,11 @@ class GraphMailSync:
         self.blocklist = blocklist
         self.progress = progress or (lambda done, total: None)
         self.client = GraphClient(secrets, settings)
+
+
+# ----------------------------------------------------------------- mail stream
+class GraphMailSync(_GraphStream):
+    """One account's Outlook mail: per-folder message delta for Inbox and Sent Items."""
 
     def run(self, cursor: dict[str, Any] | None) -> SyncResult:
         self.client.ensure_token()  # an unfixable auth problem surfaces before any work
@@ -792,27 +796,10 @@ def _iso_utc(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class GraphCalendarSync:
+class GraphCalendarSync(_GraphStream):
     """One account's Outlook calendar via calendarView delta (one row per occurrence).
 
     The calendarView window is fixed inside the delta token when the first sync runs."""
-
-    def __init__(
-        self,
-        *,
-        lake_dir: Path,
-        account_id: str,
-        secrets: dict[str, str],
-        settings: GraphSettings,
-        blocklist: Blocklist,
-        progress: ProgressFn | None = None,
-    ) -> None:
-        self.lake_dir = Path(lake_dir)
-        self.account_id = account_id
-        self.settings = settings
-        self.blocklist = blocklist
-        self.progress = progress or (lambda done, total: None)
-        self.client = GraphClient(secrets, settings)
 
     def _initial(self) -> tuple[str, dict[str, str]]:
         now = datetime.now(UTC).replace(microsecond=0)
