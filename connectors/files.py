@@ -501,31 +501,16 @@ def _ics_items(
 
 
 # ----------------------------------------------------------------- lake state
-def _latest(lake_dir: Path, table: str, account_id: str, columns: list[str]) -> pl.DataFrame:
-    files = lake.glob(lake_dir, table, [account_id])
-    if not files:
-        return pl.DataFrame()
-    key = "message_id" if table == "messages" else "event_id"
-    return (
-        pl.scan_parquet(files, hive_partitioning=False)
-        .select(key, "op", "version", "seq", *columns)
-        .sort("version", "seq")
-        .unique(subset=key, keep="last", maintain_order=True)
-        .filter(pl.col("op") == "upsert")
-        .collect()
-    )
-
-
 def _live_messages(lake_dir: Path, account_id: str) -> dict[str, bool]:
     """message_id -> landed only as a blocked marker (as gmail.live_message_ids, plus why)."""
-    df = _latest(lake_dir, "messages", account_id, ["blocked"])
+    df = lake.live_rows(lake_dir, "messages", account_id, ["blocked"])
     if df.is_empty():
         return {}
     return dict(zip(df["message_id"], df["blocked"].fill_null(False), strict=True))
 
 
 def _live_events(lake_dir: Path, account_id: str) -> dict[str, bool]:
-    df = _latest(lake_dir, "events", account_id, ["status"])
+    df = lake.live_rows(lake_dir, "events", account_id, ["status"])
     if df.is_empty():
         return {}
     return dict(zip(df["event_id"], df["status"] == "blocked", strict=True))

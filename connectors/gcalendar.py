@@ -245,23 +245,13 @@ def live_event_ids(
     With a window, only those that overlap it (or whose times are unknown, as for
     blocked markers): an event that merely slid out of the window is not deleted.
     """
-    files = lake.glob(lake_dir, "events", [account_id])
-    if not files:
-        return set()
-    current = (
-        pl.scan_parquet(files, hive_partitioning=False)
-        .filter(pl.col("stream") == STREAM)
-        .select("event_id", "op", "starts_at", "ends_at", "version", "seq")
-        .sort("version", "seq")
-        .unique(subset="event_id", keep="last")
-        .filter(pl.col("op") == "upsert")
-    )
+    current = lake.live_rows(lake_dir, "events", account_id, ["starts_at", "ends_at"], STREAM)
     if window is not None:
         lo, hi = window
         current = current.filter(
             pl.col("starts_at").is_null() | ((pl.col("ends_at") > lo) & (pl.col("starts_at") < hi))
         )
-    return set(current.select("event_id").collect()["event_id"].to_list())
+    return set(current["event_id"].to_list())
 
 
 class CalendarSync:

@@ -20,7 +20,6 @@ import google.auth.exceptions
 import google.auth.transport.requests
 import google_auth_httplib2
 import httplib2
-import polars as pl
 from google.oauth2.credentials import Credentials
 from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
@@ -411,19 +410,7 @@ def _quarantine_row(mid: str, bad: Malformed) -> dict[str, Any]:
 
 def live_message_ids(lake_dir: Path, account_id: str) -> set[str]:
     """Ids whose latest landed version is not a delete (for resync reconciliation)."""
-    files = lake.glob(lake_dir, "messages", [account_id])
-    if not files:
-        return set()
-    current = (
-        pl.scan_parquet(files, hive_partitioning=False)
-        .select("message_id", "op", "version", "seq")
-        .sort("version", "seq")
-        .unique(subset="message_id", keep="last")
-        .filter(pl.col("op") == "upsert")
-        .select("message_id")
-        .collect()
-    )
-    return set(current["message_id"].to_list())
+    return set(lake.live_rows(lake_dir, "messages", account_id, [])["message_id"].to_list())
 
 
 class GmailSync:

@@ -31,7 +31,6 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msal
-import polars as pl
 import requests
 
 from connectors import lake
@@ -467,18 +466,7 @@ def _quarantine(stream: str, item_id: str, reason: str, detail: str = "") -> dic
 
 def live_message_folders(lake_dir: Path, account_id: str) -> dict[str, str | None]:
     """message_id -> folder of its latest landed version, for ids whose latest is live."""
-    files = lake.glob(lake_dir, "messages", [account_id])
-    if not files:
-        return {}
-    current = (
-        pl.scan_parquet(files, hive_partitioning=False)
-        .filter(pl.col("stream") == MAIL_STREAM)
-        .select("message_id", "op", "labels", "version", "seq")
-        .sort("version", "seq")
-        .unique(subset="message_id", keep="last")
-        .filter(pl.col("op") == "upsert")
-        .collect()
-    )
+    current = lake.live_rows(lake_dir, "messages", account_id, ["labels"], MAIL_STREAM)
     out: dict[str, str | None] = {}
     ids, labels_col = current["message_id"].to_list(), current["labels"].to_list()
     for mid, labels in zip(ids, labels_col, strict=True):
@@ -487,18 +475,7 @@ def live_message_folders(lake_dir: Path, account_id: str) -> dict[str, str | Non
 
 
 def live_event_ids(lake_dir: Path, account_id: str) -> set[str]:
-    files = lake.glob(lake_dir, "events", [account_id])
-    if not files:
-        return set()
-    current = (
-        pl.scan_parquet(files, hive_partitioning=False)
-        .filter(pl.col("stream") == CALENDAR_STREAM)
-        .select("event_id", "op", "version", "seq")
-        .sort("version", "seq")
-        .unique(subset="event_id", keep="last")
-        .filter(pl.col("op") == "upsert")
-        .collect()
-    )
+    current = lake.live_rows(lake_dir, "events", account_id, [], CALENDAR_STREAM)
     return set(current["event_id"].to_list())
 
 

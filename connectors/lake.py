@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -230,6 +231,36 @@ def glob(lake: Path, table: str, account_ids: Iterable[str] | None = None) -> li
         if d.exists():
             files.extend(str(p) for p in sorted(d.glob("*.parquet")))
     return files
+
+
+ITEM_KEY = {"messages": "message_id", "events": "event_id"}
+
+
+def live_rows(
+    lake_dir: Path, table: str, account_id: str, columns: list[str], stream: str | None = None
+) -> pl.DataFrame:
+    """The latest landed version of each item of an account, when it is not a delete.
+
+    One definition for every connector's reconciliation (resyncs diff stored ids
+    against a fresh listing) and for the file importer's "already landed" check.
+    """
+    key = ITEM_KEY[table]
+    files = glob(lake_dir, table, [account_id])
+    wanted = list(dict.fromkeys([key, *columns]))
+    if not files:
+        schema = pl.from_arrow(TABLES[table].empty_table()).schema
+        return pl.DataFrame(schema={c: schema[c] for c in wanted})
+    rows = pl.scan_parquet(files, hive_partitioning=False)
+    if stream is not None:
+        rows = rows.filter(pl.col("stream") == stream)
+    return (
+        rows.select(*wanted, "op", "version", "seq")
+        .sort("version", "seq")
+        .unique(subset=key, keep="last", maintain_order=True)
+        .filter(pl.col("op") == "upsert")
+        .select(wanted)
+        .collect()
+    )
 
 
 def purge_account(lake: Path, account_id: str) -> int:
