@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -446,6 +447,8 @@ class PublishResult:
     stats: dict[str, int] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    mode: str = "full"  # full | incremental
+    fallback_reason: str | None = None  # why a run was not incremental
 
 
 def new_run_id() -> str:
@@ -459,40 +462,53 @@ def build_and_publish(
     stream_results: list[StreamResult],
     started_at: datetime,
     validate: bool = True,
+    incremental: bool = True,
 ) -> PublishResult:
+    """Build, gate and publish: incrementally when the delta allows, else in full."""
     from expectations.suites import run_gate
-    from warehouse.publish import publish, read_previous
+    from transforms.incremental import fingerprint
 
     ws = home.load()
     frames = workspace_frames(ws, as_of)
+    fp = fingerprint(frames)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    staged = build(
-        home.lake,
-        frames,
-        previous_people=read_previous(home.warehouse, "people"),
-        previous_companies=read_previous(home.warehouse, "companies"),
-        previous_merges=read_previous(home.warehouse, "person_merges"),
-    )
+    delta = _stage_delta(home, frames, fp, run_id) if incremental else "incremental off"
+    if isinstance(delta, str):
+        mode, reason, stage = "full", delta, _stage_full(home, frames)
+        staged_tables, stats = stage.tables, stage.stats
+        steps, gate_tables = stage.timings, stage.tables
+    else:
+        mode, reason = "incremental", None
+        staged_tables, stats = delta.staged.replace, delta.staged.stats
+        steps, gate_tables = delta.staged.timings, delta.staged.gate_tables
     timings["transform_s"] = round(time.perf_counter() - t0, 3)
-    timings.update({f"transform.{step}": s for step, s in staged.timings.items()})
-    tables = dict(staged.tables)
-    tables.update(workspace_tables(ws))
+    timings.update({f"transform.{step}": sec for step, sec in steps.items()})
+    log.info("build mode %s%s", mode, f" ({reason})" if reason else "")
+    whole = workspace_tables(ws)
+    whole["_rapport_build"] = pl.DataFrame(
+        {"as_of": [as_of], "fingerprint": [fp], "mode": [mode]},
+        schema={"as_of": TS, "fingerprint": pl.String, "mode": pl.String},
+    )
     run_row: dict[str, Any] = {
         "run_id": run_id,
         "started_at": iso(started_at),
         "accounts": json.dumps([asdict(r) for r in stream_results], default=str),
         "rows_landed": sum(r.landed + r.deleted + r.blocked for r in stream_results),
     }
-    result = PublishResult(run_id=run_id, status="published", stats=staged.stats)
+    result = PublishResult(
+        run_id=run_id, status="published", stats=stats, mode=mode, fallback_reason=reason
+    )
     gate_summary: list[dict[str, Any]] = []
     if validate:
         t0 = time.perf_counter()
         internal, _ = internal_sets(frames)
-        gate = run_gate(tables, normalise_blocklist(frames.blocklist), internal, as_of)
+        gate = run_gate(gate_tables, normalise_blocklist(frames.blocklist), internal, as_of)
         timings["validate_s"] = round(time.perf_counter() - t0, 3)
         gate_summary = gate.results
         if not gate.success:
+            if not isinstance(delta, str):
+                delta.discard()
             result.status, result.failures = "failed_expectations", gate.failures()
             append_run(
                 home,
@@ -510,14 +526,107 @@ def build_and_publish(
         status="published", finished_at=iso(utcnow()), expectation_results=json.dumps(gate_summary)
     )
     t0 = time.perf_counter()
-    published_rows = sum(f.height for f in tables.values())
-    run_row["rows_published"] = published_rows
-    append_run(home, run_row)
-    publish(home.warehouse, tables, load_runs(home), run_id)
+    if isinstance(delta, str):
+        tables = {**staged_tables, **whole}
+        published_rows = sum(f.height for f in tables.values())
+        run_row["rows_published"] = published_rows
+        append_run(home, run_row)
+        from warehouse.publish import publish
+
+        publish(home.warehouse, tables, load_runs(home), run_id)
+    else:
+        published_rows = delta.row_count()
+        run_row["rows_published"] = published_rows
+        append_run(home, run_row)
+        delta.publish({**whole, "sync_runs": load_runs(home)})
     timings["publish_s"] = round(time.perf_counter() - t0, 3)
     result.rows_published = published_rows
     result.timings = timings
     return result
+
+
+def _stage_full(home: Home, frames: WorkspaceFrames) -> Any:
+    from warehouse.publish import read_previous
+
+    return build(
+        home.lake,
+        frames,
+        previous_people=read_previous(home.warehouse, "people"),
+        previous_companies=read_previous(home.warehouse, "companies"),
+        previous_merges=read_previous(home.warehouse, "person_merges"),
+    )
+
+
+@dataclass
+class _DeltaRun:
+    """A staged incremental run and the warehouse copy it will be written into."""
+
+    staged: Any
+    tmp: Any
+    con: Any
+    home: Home
+    new_files: list[str]
+
+    def row_count(self) -> int:
+        frames = [*self.staged.replace.values(), *self.staged.append.values()]
+        return sum(f.height for f in frames)
+
+    def publish(self, whole_tables: dict[str, pl.DataFrame]) -> None:
+        from warehouse.delta import apply_delta, swap_in
+
+        try:
+            apply_delta(self.con, self.staged, whole_tables, self.new_files)
+            swap_in(self.tmp, self.con, self.home.warehouse)
+        except Exception:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        from warehouse.delta import discard
+
+        discard(self.tmp, self.con)
+
+
+def _stage_delta(home: Home, frames: WorkspaceFrames, fp: str, run_id: str) -> _DeltaRun | str:
+    """Stage an incremental run, or return why this run needs the full build."""
+    if os.environ.get("RAPPORT_INCREMENTAL", "1") == "0":
+        return "RAPPORT_INCREMENTAL=0"
+    if not home.warehouse.exists():
+        return "no published warehouse yet"
+    from connectors import lake
+    from transforms.incremental import Fallback, build_delta
+    from transforms.pipeline import LAKE_TABLES
+    from warehouse.delta import DuckLookup, discard, open_copy, read_state
+
+    tmp, con = open_copy(home.warehouse, run_id)
+    try:
+        state = read_state(con)
+        if state is None:
+            raise Fallback("the warehouse holds no build state")
+        previous, seen = state
+        if previous.fingerprint != fp:
+            raise Fallback("settings, accounts or blocklist changed")
+        root = home.lake.resolve()
+        live = frames.accounts.filter(pl.col("status") != "removed")["account_id"].to_list()
+        current = {
+            t: [
+                (f, os.path.relpath(Path(f).resolve(), root)) for f in lake.glob(home.lake, t, live)
+            ]
+            for t in LAKE_TABLES
+        }
+        rel_now = {rel for files in current.values() for _, rel in files}
+        if not seen <= rel_now:
+            raise Fallback("lake files were rewritten (compaction or purge)")
+        new = {t: [f for f, rel in files if rel not in seen] for t, files in current.items()}
+        staged = build_delta(frames, previous, new, DuckLookup(con))
+    except Fallback as why:
+        discard(tmp, con)
+        return str(why)
+    except Exception:
+        discard(tmp, con)
+        raise
+    new_rel = [rel for files in current.values() for _, rel in files if rel not in seen]
+    return _DeltaRun(staged, tmp, con, home, new_rel)
 
 
 def workspace_tables(ws: Workspace) -> dict[str, pl.DataFrame]:

@@ -299,7 +299,13 @@ def run_pipeline(home, as_of: datetime = AS_OF, validate: bool = True):
     return results, out
 
 
-SNAPSHOT_SKIP = {"sync_runs": None, "accounts": ["last_synced_at", "connected_at"]}
+SNAPSHOT_SKIP = {
+    "sync_runs": None,
+    "accounts": ["last_synced_at", "connected_at"],
+    # Build bookkeeping: which lake files (compaction renames them) and which path ran.
+    "_rapport_lake_files": None,
+    "_rapport_build": ["mode"],
+}
 
 
 def snapshot(warehouse: Path) -> dict[str, pl.DataFrame]:

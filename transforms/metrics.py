@@ -140,24 +140,55 @@ def strength_band(score: pl.Expr) -> pl.Expr:
     return expr.otherwise(pl.lit("very_strong"))
 
 
-def person_connections(interactions: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:
-    """score and strength per (member, person), past interactions only."""
-    age = (pl.lit(as_of) - pl.col("at")).dt.total_seconds() / 86400.0
-    past = interactions.filter(pl.col("at") <= as_of).with_columns(d=decay(age) * pl.col("weight"))
-    sums = past.group_by("member_id", "person_id").agg(
-        s_sent=pl.col("d").filter(pl.col("kind") == "email_sent").sum(),
-        s_recv=pl.col("d").filter(pl.col("kind") == "email_received").sum(),
-        s_meet=pl.col("d").filter(pl.col("kind") == "meeting").sum(),
+# Each (member, person) keeps its decay sums split by half-life: both parts age by a
+# constant factor, so a later as_of rescales stored sums instead of re-reading history.
+SUM_COLUMNS = ["f_sent", "l_sent", "f_recv", "l_recv", "f_meet", "l_meet"]
+SUM_KINDS = {"sent": "email_sent", "recv": "email_received", "meet": "meeting"}
+
+
+def person_connection_sums(interactions: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:
+    """Fast (45 d) and long (365 d) decay sums per (member, person) and kind, past only."""
+    age = ((pl.lit(as_of) - pl.col("at")).dt.total_seconds() / 86400.0).clip(lower_bound=0.0)
+    past = interactions.filter(pl.col("at") <= as_of).with_columns(
+        _f=(2.0 ** (-age / HALF_LIFE_FAST_DAYS)) * pl.col("weight"),
+        _l=(2.0 ** (-age / HALF_LIFE_SLOW_DAYS)) * pl.col("weight"),
     )
+    aggs = []
+    for short, kind in SUM_KINDS.items():
+        is_kind = pl.col("kind") == kind
+        aggs += [
+            pl.col("_f").filter(is_kind).sum().alias(f"f_{short}"),
+            pl.col("_l").filter(is_kind).sum().alias(f"l_{short}"),
+        ]
+    return past.group_by("member_id", "person_id").agg(aggs)
+
+
+def age_connection_sums(sums: pl.LazyFrame, days: float) -> pl.LazyFrame:
+    """The same sums `days` later (no new interactions): each part decays by a factor."""
+    fast, slow = 2.0 ** (-days / HALF_LIFE_FAST_DAYS), 2.0 ** (-days / HALF_LIFE_SLOW_DAYS)
+    return sums.with_columns(
+        [pl.col(c) * (fast if c.startswith("f_") else slow) for c in SUM_COLUMNS]
+    )
+
+
+def scores_from_sums(sums: pl.LazyFrame) -> pl.LazyFrame:
+    """score and strength from the decay sums (the formula in the module docstring)."""
+
+    def kind(short: str) -> pl.Expr:
+        return FAST_SHARE * pl.col(f"f_{short}") + (1 - FAST_SHARE) * pl.col(f"l_{short}")
+
     score = (
-        W_SENT * pl.col("s_sent")
-        + W_RECEIVED * pl.col("s_recv")
-        + W_RECIPROCAL * pl.min_horizontal("s_sent", "s_recv")
-        + W_MEETING * pl.col("s_meet")
+        W_SENT * kind("sent")
+        + W_RECEIVED * kind("recv")
+        + W_RECIPROCAL * pl.min_horizontal(kind("sent"), kind("recv"))
+        + W_MEETING * kind("meet")
     )
-    return sums.select("member_id", "person_id", score=score).with_columns(
-        strength=strength_band(pl.col("score"))
-    )
+    return sums.with_columns(score=score).with_columns(strength=strength_band(pl.col("score")))
+
+
+def person_connections(interactions: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:
+    """score, strength (and the decay sums behind them) per (member, person)."""
+    return scores_from_sums(person_connection_sums(interactions, as_of))
 
 
 def connections_table(person_scores: pl.LazyFrame, people: pl.DataFrame) -> pl.LazyFrame:
@@ -177,13 +208,10 @@ def connections_table(person_scores: pl.LazyFrame, people: pl.DataFrame) -> pl.L
     )
 
 
-def _metrics(
-    interactions: pl.LazyFrame,
-    key: str,
-    as_of: datetime,
-    member_emails: pl.DataFrame,
-    scores: pl.LazyFrame,
+def activity_metrics(
+    interactions: pl.LazyFrame, key: str, as_of: datetime, member_emails: pl.DataFrame
 ) -> pl.LazyFrame:
+    """Per key: first/last/next interaction and windowed counts (no scores)."""
     at = pl.col("at")
     past = at <= as_of
     is_email = pl.col("kind").is_in(["email_sent", "email_received"])
@@ -213,8 +241,22 @@ def _metrics(
         emails_365d=src.filter(is_email & within(365)).n_unique().cast(pl.Int64),
         meetings_90d=src.filter(is_meeting & within(90)).n_unique().cast(pl.Int64),
     )
+    emails = member_emails.lazy().select(
+        last_interaction_member_id="member_id", last_interaction_member="email"
+    )
+    return (
+        base.join(emails, on="last_interaction_member_id", how="left")
+        .drop("last_interaction_member_id")
+        .select(key, *ACTIVITY_COLUMNS)
+    )
+
+
+def strongest_connection(
+    scores: pl.LazyFrame, key: str, member_emails: pl.DataFrame
+) -> pl.LazyFrame:
+    """Per key: the member with the highest score (ties: member email)."""
     emails = member_emails.lazy().select("member_id", member_email="email")
-    best = (
+    return (
         scores.join(emails, on="member_id", how="left")
         .sort([key, "score", "member_email"], descending=[False, True, False])
         .unique(key, keep="first", maintain_order=True)
@@ -225,15 +267,19 @@ def _metrics(
             strongest_connection_score=pl.col("score"),
         )
     )
+
+
+def assemble_metrics(
+    ids: pl.LazyFrame, key: str, activity: pl.LazyFrame, strongest: pl.LazyFrame
+) -> pl.LazyFrame:
+    """One row per id: activity and strongest connection, zero counts where none."""
     return (
-        base.join(
-            emails.rename({"member_id": "last_interaction_member_id"}),
-            on="last_interaction_member_id",
-            how="left",
-        )
-        .rename({"member_email": "last_interaction_member"})
-        .drop("last_interaction_member_id")
-        .join(best, on=key, how="left")
+        ids.select(key)
+        .join(activity, on=key, how="left")
+        .join(strongest, on=key, how="left")
+        .with_columns(pl.col(COUNT_COLUMNS).fill_null(0))
+        .select(key, *METRIC_COLUMNS)
+        .sort(key)
     )
 
 
@@ -258,6 +304,10 @@ METRIC_COLUMNS = [
 ]
 
 
+ACTIVITY_COLUMNS = METRIC_COLUMNS[:13]
+STRONGEST_COLUMNS = METRIC_COLUMNS[13:]
+
+
 def person_metrics(
     interactions: pl.LazyFrame,
     people: pl.DataFrame,
@@ -265,14 +315,18 @@ def person_metrics(
     members: pl.DataFrame,
     person_scores: pl.LazyFrame,
 ) -> pl.LazyFrame:
-    m = _metrics(interactions, "person_id", as_of, members, person_scores)
-    return (
-        people.lazy()
-        .select("person_id")
-        .join(m, on="person_id", how="left")
-        .with_columns(pl.col(COUNT_COLUMNS).fill_null(0))
-        .select("person_id", *METRIC_COLUMNS)
-        .sort("person_id")
+    return assemble_metrics(
+        people.lazy(),
+        "person_id",
+        activity_metrics(interactions, "person_id", as_of, members),
+        strongest_connection(person_scores, "person_id", members),
+    )
+
+
+def company_interactions(interactions: pl.LazyFrame) -> pl.LazyFrame:
+    """A company interaction is one per (member, source), however many of its people took part."""
+    return interactions.filter(pl.col("company_id").is_not_null()).unique(
+        ["company_id", "member_id", "source_key", "kind"]
     )
 
 
@@ -283,15 +337,9 @@ def company_metrics(
     members: pl.DataFrame,
     company_scores: pl.LazyFrame,
 ) -> pl.LazyFrame:
-    with_company = interactions.filter(pl.col("company_id").is_not_null())
-    # A company interaction is one per (member, source), however many of its people took part.
-    per_source = with_company.unique(["company_id", "member_id", "source_key", "kind"])
-    m = _metrics(per_source, "company_id", as_of, members, company_scores)
-    return (
-        companies.lazy()
-        .select("company_id")
-        .join(m, on="company_id", how="left")
-        .with_columns(pl.col(COUNT_COLUMNS).fill_null(0))
-        .select("company_id", *METRIC_COLUMNS)
-        .sort("company_id")
+    return assemble_metrics(
+        companies.lazy(),
+        "company_id",
+        activity_metrics(company_interactions(interactions), "company_id", as_of, members),
+        strongest_connection(company_scores, "company_id", members),
     )

@@ -7,6 +7,7 @@ Everything is a LazyFrame until a table is finished; per-row Python never runs.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,6 +28,7 @@ from transforms.events import (
 from transforms.merges import apply_merges
 from transforms.metrics import (
     INTERACTIONS_SCHEMA,
+    SUM_COLUMNS,
     company_metrics,
     connections_table,
     dedupe_interactions,
@@ -39,6 +41,7 @@ from transforms.records import (
     build_people,
     erc_off_intervals,
     link_people,
+    name_counts,
     person_candidates,
 )
 from transforms.rules import split_blocked, with_direction, with_internal_flag
@@ -84,12 +87,76 @@ class Laps:
         self.last = now
 
 
+LAKE_TABLES = ("messages", "participants", "events", "attendees", "quarantine")
+
+
 def scan(lake_dir: Path, table: str, account_ids: list[str]) -> pl.LazyFrame:
-    files = lake.glob(lake_dir, table, account_ids)
+    return scan_files(lake.glob(lake_dir, table, account_ids), table)
+
+
+def scan_files(files: list[str], table: str) -> pl.LazyFrame:
     schema = pl.Schema(pl.from_arrow(lake.TABLES[table].empty_table()).schema)
     if not files:
         return pl.LazyFrame(schema=schema)
     return pl.scan_parquet(files, hive_partitioning=False, schema=schema)
+
+
+def state_tables(
+    *,
+    counts: pl.DataFrame,
+    last_used: pl.DataFrame,
+    blocked_threads: pl.DataFrame,
+    connection_sums: pl.DataFrame,
+    files: dict[str, list[str]],
+    lake_dir: Path,
+) -> dict[str, pl.DataFrame]:
+    """What a later run needs to extend this one instead of re-reading the lake.
+
+    Kept inside the warehouse file, so state and tables are swapped in together.
+    """
+    root = str(lake_dir.resolve())
+    paths = [str(Path(f).resolve()) for fs in files.values() for f in fs]
+    return {
+        "_rapport_name_counts": counts.select("canonical_key", "email", "name", "n"),
+        "_rapport_last_used": last_used.select("email", "last_used_at"),
+        "_rapport_blocked_threads": blocked_threads.select("account_id", "thread_id"),
+        "_rapport_connection_sums": connection_sums.select("member_id", "person_id", *SUM_COLUMNS),
+        "_rapport_lake_files": pl.DataFrame(
+            {"path": [os.path.relpath(p, root) for p in paths]}, schema={"path": pl.String}
+        ),
+    }
+
+
+def read_events(
+    event_files: list[str],
+    attendee_files: list[str],
+    internal_addresses: list[str],
+    internal_domains: list[str],
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """-> (visible current events, blocked markers, attendees of the visible ones)."""
+    raw_events = current_events(scan_files(event_files, "events")).collect()
+    att = current_participants(
+        scan_files(attendee_files, "attendees").rename({"event_id": "message_id"}),
+        raw_events.lazy().rename({"event_id": "message_id"}),
+    )
+    att = (
+        with_internal_flag(att, internal_addresses, internal_domains)
+        .rename({"message_id": "event_id"})
+        .collect()
+    )
+    blocked_events = raw_events.filter(pl.col("blocked"))
+    events = raw_events.filter(~pl.col("blocked"))
+    att = att.join(
+        blocked_events.select("account_id", "event_id"), on=["account_id", "event_id"], how="anti"
+    )
+    return events, blocked_events, att
+
+
+def read_quarantine(files: list[str]) -> pl.DataFrame:
+    return latest_versions(
+        scan_files(files, "quarantine").with_columns(seq=pl.lit(0, pl.Int32)),
+        ["account_id", "item_id"],
+    ).collect()
 
 
 def internal_sets(frames: WorkspaceFrames) -> tuple[list[str], list[str]]:
@@ -128,29 +195,15 @@ def build(
     internal_addresses, internal_domains = internal_sets(frames)
 
     # --- current state of the lake
-    raw_msgs = scan(lake_dir, "messages", account_ids)
+    files = {t: lake.glob(lake_dir, t, account_ids) for t in LAKE_TABLES}
+    raw_msgs = scan_files(files["messages"], "messages")
     msgs = current_messages(raw_msgs).collect().with_row_index("_mid")
-    parts = current_participants(scan(lake_dir, "participants", account_ids), msgs.lazy())
+    parts = current_participants(scan_files(files["participants"], "participants"), msgs.lazy())
     parts = with_internal_flag(parts, internal_addresses, internal_domains).collect()
-    raw_events = current_events(scan(lake_dir, "events", account_ids)).collect()
-    att = current_participants(
-        scan(lake_dir, "attendees", account_ids).rename({"event_id": "message_id"}),
-        raw_events.lazy().rename({"event_id": "message_id"}),
+    events, blocked_events, att = read_events(
+        files["events"], files["attendees"], internal_addresses, internal_domains
     )
-    att = (
-        with_internal_flag(att, internal_addresses, internal_domains)
-        .rename({"message_id": "event_id"})
-        .collect()
-    )
-    blocked_events = raw_events.filter(pl.col("blocked"))
-    events = raw_events.filter(~pl.col("blocked"))
-    att = att.join(
-        blocked_events.select("account_id", "event_id"), on=["account_id", "event_id"], how="anti"
-    )
-    quarantine = latest_versions(
-        scan(lake_dir, "quarantine", account_ids).with_columns(seq=pl.lit(0, pl.Int32)),
-        ["account_id", "item_id"],
-    ).collect()
+    quarantine = read_quarantine(files["quarantine"])
 
     lap("load_current")
     # --- 1. blocklist (message and thread level)
@@ -177,14 +230,91 @@ def build(
     candidates = pl.concat(
         [candidates, attendee_candidates(events.lazy(), att.lazy(), frames.as_of)]
     )
-    people = build_people(
-        candidates,
-        pl.concat([vparts.lazy().select(NAME_SOURCE), att.lazy().select(NAME_SOURCE)]),
-        previous_people,
-    )
+    counts = name_counts(
+        pl.concat([vparts.lazy().select(NAME_SOURCE), att.lazy().select(NAME_SOURCE)])
+    ).collect()
+    people = build_people(candidates, counts.lazy(), previous_people)
 
     lap("people")
-    # --- 3. companies and domain linking
+    last_used = last_used_by_address(visible.lazy(), vparts.lazy()).collect()
+    people, companies, person_merges = finish_records(
+        people, frames, internal_domains, previous_companies, previous_merges, last_used
+    )
+
+    lap("merges_linking")
+    # --- 5. interactions and metrics
+    person_keys = person_key_map(people)
+    interactions = interaction_rows(visible, vparts, events, att, person_keys, people, frames)
+    lap("interactions")
+    scores = person_connections(interactions.lazy(), frames.as_of).collect()
+    connections = connections_table(scores.lazy(), people).collect()
+    company_scores = connections.filter(pl.col("person_id").is_null())
+    lap("connections")
+    p_metrics = person_metrics(
+        interactions.lazy(), people, frames.as_of, frames.members, scores.lazy()
+    ).collect()
+    lap("person_metrics")
+    c_metrics = company_metrics(
+        interactions.lazy(), companies, frames.as_of, frames.members, company_scores.lazy()
+    ).collect()
+
+    lap("company_metrics")
+    messages_out = messages_table(visible, vparts)
+    message_flags = message_flags_table(visible, vparts)
+    lap("messages_table")
+    tables = {
+        "people": people,
+        "companies": companies,
+        "person_merges": person_merges,
+        "messages": messages_out,
+        "message_flags": message_flags,
+        "events": events_table(events, att)
+        if events.height
+        else pl.DataFrame(schema=EVENTS_SCHEMA),
+        "interactions": interactions,
+        "connections": connections,
+        "person_metrics": p_metrics,
+        "company_metrics": c_metrics,
+        "quarantine": quarantine.select(
+            "account_id", "stream", "item_id", "reason", "detail", "fetched_at"
+        ),
+    }
+    tables.update(
+        state_tables(
+            counts=counts,
+            last_used=last_used,
+            blocked_threads=blocked_threads,
+            connection_sums=scores,
+            files=files,
+            lake_dir=lake_dir,
+        )
+    )
+    stats = {
+        "messages_current": n_current,
+        "messages_blocked": n_current - visible.height,
+        "events_current": events.height,
+        "events_blocked": blocked_events.height,
+        "participants_invalid": n_invalid,
+        "quarantined": quarantine.height,
+    }
+    lap("finish")
+    return Staged(tables=tables, stats=stats, timings=lap.times)
+
+
+def last_used_by_address(visible: pl.LazyFrame, vparts: pl.LazyFrame) -> pl.LazyFrame:
+    """When each address last appeared on visible mail (linking prefers the latest)."""
+    return (
+        vparts.join(
+            visible.select("account_id", "message_id", "sent_at"),
+            on=["account_id", "message_id"],
+        )
+        .group_by("email")
+        .agg(last_used_at=pl.max("sent_at"))
+    )
+
+
+def domain_info_for(people: pl.DataFrame, extra_free_mail: list[str]) -> pl.DataFrame:
+    """domain -> registrable domain and free-mail flag, for every address of every person."""
     domains = [e.split("@")[1] for e in people["primary_email"].drop_nulls().to_list()]
     domains += [
         e.split("@")[1]
@@ -193,8 +323,8 @@ def build(
         .drop_nulls()
         .to_list()
     ]
-    domain_info = (
-        domain_table(domains, frames.extra_free_mail)
+    return (
+        domain_table(domains, extra_free_mail)
         .select(
             domain="raw_domain",
             registrable_domain="registrable_domain",
@@ -202,6 +332,18 @@ def build(
         )
         .unique("domain")
     )
+
+
+def finish_records(
+    people: pl.DataFrame,
+    frames: WorkspaceFrames,
+    internal_domains: list[str],
+    previous_companies: pl.DataFrame | None,
+    previous_merges: pl.DataFrame | None,
+    last_used: pl.DataFrame,
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Companies (§4.4), dedup merges (§4.5), then domain linking -> (people, companies, merges)."""
+    domain_info = domain_info_for(people, frames.extra_free_mail)
     created_lookup = (
         people.select("created_at", email="email_addresses")
         .explode("email")
@@ -218,25 +360,23 @@ def build(
         created_lookup,
         frames.extra_company_domains or None,
     )
-    lap("companies")
-    # --- 4. dedup merges (before linking, so a survivor links by all its addresses)
+    # Merges before linking, so a survivor links by all its addresses.
     people, person_merges = apply_merges(people, domain_info, previous_merges)
-    last_used = (
-        vparts.lazy()
-        .join(
-            visible.lazy().select("account_id", "message_id", "sent_at"),
-            on=["account_id", "message_id"],
-        )
-        .group_by("email")
-        .agg(last_used_at=pl.max("sent_at"))
-        .collect()
-    )
     people = link_people(people, companies, domain_info, last_used)
+    return people, companies, person_merges
 
-    lap("merges_linking")
-    # --- 5. interactions and metrics
-    person_keys = person_key_map(people)
-    interactions = dedupe_interactions(
+
+def interaction_rows(
+    visible: pl.DataFrame,
+    vparts: pl.DataFrame,
+    events: pl.DataFrame,
+    att: pl.DataFrame,
+    person_keys: pl.DataFrame,
+    people: pl.DataFrame,
+    frames: WorkspaceFrames,
+) -> pl.DataFrame:
+    """Deduplicated mail and meeting interactions with each person's company."""
+    rows = dedupe_interactions(
         pl.concat(
             [
                 email_interactions(
@@ -248,64 +388,7 @@ def build(
             ]
         )
     ).join(people.lazy().select("person_id", "company_id"), on="person_id", how="left")
-    interactions = (
-        interactions.select(list(INTERACTIONS_SCHEMA)).cast(INTERACTIONS_SCHEMA).collect()
-    )
-    lap("interactions")
-    scores = person_connections(interactions.lazy(), frames.as_of).collect()
-    connections = connections_table(scores.lazy(), people).collect()
-    company_scores = connections.filter(pl.col("person_id").is_null())
-    lap("connections")
-    p_metrics = person_metrics(
-        interactions.lazy(), people, frames.as_of, frames.members, scores.lazy()
-    ).collect()
-    lap("person_metrics")
-    c_metrics = company_metrics(
-        interactions.lazy(), companies, frames.as_of, frames.members, company_scores.lazy()
-    ).collect()
-
-    lap("company_metrics")
-    messages_out = messages_table(visible, vparts)
-    message_flags = (
-        vparts.lazy()
-        .group_by("_mid")
-        # An unparseable address can't prove the mail left the team: treat it as internal.
-        .agg(internal_only=(pl.col("internal") | ~pl.col("valid")).all())
-        .join(visible.lazy().select("_mid", "account_id", "message_id"), on="_mid")
-        .select(
-            message_key=pl.concat_str(["account_id", "message_id"], separator=":"),
-            internal_only="internal_only",
-        )
-        .collect()
-    )
-    lap("messages_table")
-    tables = {
-        "people": people,
-        "companies": companies,
-        "person_merges": person_merges,
-        "messages": messages_out,
-        "message_flags": message_flags,
-        "events": events_table(events, att)
-        if events.height
-        else pl.DataFrame(schema=EVENTS_SCHEMA),
-        "interactions": interactions.drop("weight"),
-        "connections": connections,
-        "person_metrics": p_metrics,
-        "company_metrics": c_metrics,
-        "quarantine": quarantine.select(
-            "account_id", "stream", "item_id", "reason", "detail", "fetched_at"
-        ),
-    }
-    stats = {
-        "messages_current": n_current,
-        "messages_blocked": n_current - visible.height,
-        "events_current": events.height,
-        "events_blocked": blocked_events.height,
-        "participants_invalid": n_invalid,
-        "quarantined": quarantine.height,
-    }
-    lap("finish")
-    return Staged(tables=tables, stats=stats, timings=lap.times)
+    return rows.select(list(INTERACTIONS_SCHEMA)).cast(INTERACTIONS_SCHEMA).collect()
 
 
 def normalise_blocklist(blocklist: pl.DataFrame) -> pl.DataFrame:
@@ -338,6 +421,22 @@ def person_key_map(people: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def message_flags_table(visible: pl.DataFrame, vparts: pl.DataFrame) -> pl.DataFrame:
+    """internal_only per visible message (what messages_for() hides from other members)."""
+    return (
+        vparts.lazy()
+        .group_by("_mid")
+        # An unparseable address can't prove the mail left the team: treat it as internal.
+        .agg(internal_only=(pl.col("internal") | ~pl.col("valid")).all())
+        .join(visible.lazy().select("_mid", "account_id", "message_id"), on="_mid")
+        .select(
+            message_key=pl.concat_str(["account_id", "message_id"], separator=":"),
+            internal_only="internal_only",
+        )
+        .collect()
+    )
+
+
 def messages_table(visible: pl.DataFrame, vparts: pl.DataFrame) -> pl.DataFrame:
     """The contract `messages` table (no blocked mail, ever)."""
     addr = pl.coalesce("email", pl.col("address").str.to_lowercase())
@@ -347,8 +446,9 @@ def messages_table(visible: pl.DataFrame, vparts: pl.DataFrame) -> pl.DataFrame:
         .group_by("_mid")  # one integer per message, attached when participants were read
         .agg(
             from_email=addr.filter(role == "from").first(),
-            to_emails=addr.filter(role == "to"),
-            cc_emails=addr.filter(role == "cc"),
+            # Sorted: participant rows reach here in no guaranteed order (hash joins).
+            to_emails=addr.filter(role == "to").sort(),
+            cc_emails=addr.filter(role == "cc").sort(),
         )
     )
     return (

@@ -213,6 +213,21 @@ def names_from_local_part(lf: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+def name_counts(participants: pl.LazyFrame) -> pl.LazyFrame:
+    """Uses per (canonical key, address, display name) over valid rows.
+
+    Takes participant rows, or rows already counted in `n` (an earlier run's counts
+    plus new rows), so the counts can be kept and extended instead of recomputed.
+    """
+    counted = "n" in participants.collect_schema().names()
+    return (
+        participants.filter(pl.col("valid"))
+        .group_by("canonical_key", "email", "name")
+        .agg(n=pl.sum("n").cast(pl.Int64) if counted else pl.len().cast(pl.Int64))
+        .with_columns(valid=pl.lit(True))
+    )
+
+
 def build_people(
     candidates: pl.LazyFrame,
     participants: pl.LazyFrame,
@@ -239,13 +254,7 @@ def build_people(
     )
     # Every address seen for each person's canonical key, with use counts.
     # One pass over the (millions of) participant rows; everything after is per address.
-    counts = (
-        participants.filter(pl.col("valid"))
-        .group_by("canonical_key", "email", "name")
-        .agg(n=pl.len(), valid=pl.lit(True))
-        .collect()
-        .lazy()
-    )
+    counts = name_counts(participants).collect().lazy()
     seen = (
         counts.join(key_map.lazy(), on="canonical_key", how="inner")
         .group_by("person_id", "email")
@@ -255,7 +264,7 @@ def build_people(
         prev_addr = (
             previous.select("person_id", email="email_addresses")
             .explode("email")
-            .with_columns(n=pl.lit(0, pl.UInt32))
+            .with_columns(n=pl.lit(0, pl.Int64))
         )
         seen = pl.concat([seen, prev_addr.lazy()]).group_by("person_id", "email").agg(n=pl.sum("n"))
     addresses = (

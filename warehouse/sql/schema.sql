@@ -100,7 +100,8 @@ CREATE TABLE interactions (
     account_id VARCHAR NOT NULL,
     kind       VARCHAR NOT NULL,
     "at"       TIMESTAMPTZ NOT NULL,
-    source_key VARCHAR NOT NULL
+    source_key VARCHAR NOT NULL,
+    weight     DOUBLE NOT NULL  -- what the interaction adds to connection strength
 );
 
 CREATE TABLE connections (
@@ -170,4 +171,33 @@ CREATE TABLE sync_runs (
     rows_landed         BIGINT,
     rows_published      BIGINT,
     expectation_results VARCHAR
+);
+
+-- Build state: what the next run needs to extend this one (work that follows the
+-- delta) instead of re-reading the whole lake. Internal; not part of the contract.
+CREATE TABLE _rapport_build (
+    as_of       TIMESTAMPTZ NOT NULL,
+    fingerprint VARCHAR NOT NULL,   -- settings, accounts and blocklist the run used
+    mode        VARCHAR NOT NULL    -- full | incremental
+);
+
+CREATE TABLE _rapport_lake_files (path VARCHAR NOT NULL);  -- relative to the lake
+
+CREATE TABLE _rapport_name_counts (
+    canonical_key VARCHAR,
+    email         VARCHAR,
+    name          VARCHAR,
+    n             BIGINT NOT NULL
+);
+
+CREATE TABLE _rapport_last_used (email VARCHAR, last_used_at TIMESTAMPTZ);
+
+CREATE TABLE _rapport_blocked_threads (account_id VARCHAR, thread_id VARCHAR);
+
+CREATE TABLE _rapport_connection_sums (
+    member_id VARCHAR NOT NULL,
+    person_id VARCHAR NOT NULL,
+    f_sent DOUBLE, l_sent DOUBLE,   -- decay sums at _rapport_build.as_of
+    f_recv DOUBLE, l_recv DOUBLE,   -- f_: 45-day half-life, l_: 365-day
+    f_meet DOUBLE, l_meet DOUBLE
 );

@@ -1,0 +1,182 @@
+"""The incremental build equals a full build of the same lake (issue 7).
+
+Each test publishes once in full, lands a delta, publishes incrementally, then rebuilds
+the same lake in full at the same as_of and compares every published table.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flows.engine import build_and_publish, new_run_id
+from flows.workspace import Home
+from tests.mailbox import AS_OF, Mail, Sandbox, assert_same_warehouse, snapshot
+
+ALICE, BOB = "alice@acme-team.io", "bob@acme-team.io"
+
+
+def sandbox_home(root: Path) -> tuple[Sandbox, Home]:
+    home = Home(root)
+    home.ensure()
+    box = Sandbox(root, members=[ALICE, BOB])
+    assert box.lake == home.lake
+    home.save(box.ws)
+    return box, home
+
+
+def publish(home: Home, as_of: datetime, incremental: bool = True):
+    out = build_and_publish(
+        home, new_run_id(), as_of, [], datetime.now(UTC), incremental=incremental
+    )
+    assert out.status == "published", out.failures
+    return out
+
+
+def assert_equals_full_rebuild(home: Home, as_of: datetime) -> None:
+    after_delta = snapshot(home.warehouse)
+    publish(home, as_of, incremental=False)
+    assert_same_warehouse(after_delta, snapshot(home.warehouse))
+
+
+HISTORY = [
+    Mail("h1", ALICE, ["ann@globex.com", "ben@globex.com"], at="2025-06-01T09:00:00"),
+    Mail(
+        "h2",
+        "ann@globex.com",
+        [ALICE],
+        at="2026-04-20T09:00:00",
+        names={"ann@globex.com": "Ann Lee"},
+    ),
+    Mail("h3", ALICE, ["cat@initech.co.uk"], cc=[BOB], at="2026-05-05T09:00:00"),
+    Mail("h4", "dan@initech.co.uk", [ALICE], at="2026-03-01T09:00:00"),  # received: no record
+]
+
+
+def test_new_mail_is_published_incrementally_and_equals_a_full_build(tmp_path):
+    box, home = sandbox_home(tmp_path)
+    box.land(ALICE, HISTORY)
+    box.land_event(BOB, "ev1", "2026-06-03T10:00:00", BOB, ["ann@globex.com"])  # ahead of as_of
+    first = publish(home, AS_OF)
+    assert first.mode == "full" and first.fallback_reason == "no published warehouse yet"
+
+    # A day later: a reply from Ann, mail to a brand-new contact, Bob's copy of h3.
+    box.land(
+        ALICE,
+        [
+            Mail("d1", "ann@globex.com", [ALICE], at="2026-06-01T12:00:00"),
+            Mail(
+                "d2",
+                ALICE,
+                ["zoe@umbrella.io"],
+                at="2026-06-01T13:00:00",
+                names={"zoe@umbrella.io": "Zoe Park"},
+            ),
+        ],
+    )
+    box.land(BOB, [Mail("h3", ALICE, ["cat@initech.co.uk"], cc=[BOB], at="2026-05-05T09:00:00")])
+    later = AS_OF + timedelta(days=1)
+    second = publish(home, later)
+    assert second.mode == "incremental", second.fallback_reason
+    assert second.stats["delta_messages"] == 3
+    assert second.stats["people_created"] == 1  # zoe; Bob's copy of h3 adds no one
+    assert_equals_full_rebuild(home, later)
+
+
+def test_time_alone_moves_metrics_exactly_as_a_full_build(tmp_path):
+    """No new mail, as_of 40 days on: windows, next meeting and scores all move."""
+    box, home = sandbox_home(tmp_path)
+    box.land(ALICE, HISTORY)
+    box.land_event(BOB, "ev1", "2026-06-03T10:00:00", BOB, ["ann@globex.com"])
+    publish(home, AS_OF)
+    later = AS_OF + timedelta(days=40)  # ev1 is now past; h3 left the 30-day window
+    out = publish(home, later)
+    assert out.mode == "incremental", out.fallback_reason
+    assert out.stats["people_touched"] >= 2
+    assert_equals_full_rebuild(home, later)
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ("delete", "the delta deletes messages"),
+        ("known_address", "an address with history became a person"),
+        ("settings", "settings, accounts or blocklist changed"),
+        ("earlier", "as_of is earlier than the published run's"),
+    ],
+)
+def test_what_the_delta_path_cannot_do_exactly_falls_back_to_a_full_build(tmp_path, change, reason):
+    box, home = sandbox_home(tmp_path)
+    box.land(ALICE, HISTORY)
+    publish(home, AS_OF)
+    as_of = AS_OF
+    if change == "delete":
+        box.delete(ALICE, "h1")
+    elif change == "known_address":  # Dan only ever wrote in; now Alice writes to him
+        box.land(ALICE, [Mail("d3", ALICE, ["dan@initech.co.uk"], at="2026-05-31T09:00:00")])
+    elif change == "settings":
+        with home.editing() as ws:
+            ws.extra_free_mail_domains.append("globex.com")
+    else:
+        as_of = AS_OF - timedelta(days=1)
+    out = publish(home, as_of)
+    assert (out.mode, out.fallback_reason) == ("full", reason)
+    assert_equals_full_rebuild(home, as_of)
+
+
+addresses = [
+    "ann@globex.com",
+    "ben@globex.com",
+    "cat@initech.co.uk",
+    "new1@hooli.com",
+    "new2@hooli.com",
+    "eve@gmail.com",
+]
+
+
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    deltas=st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from([ALICE, BOB]),  # mailbox
+                st.booleans(),  # sent by the owner?
+                st.lists(st.sampled_from(addresses), min_size=1, max_size=3),
+                st.integers(0, 72),  # hours after the previous as_of
+            ),
+            max_size=4,
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    step_days=st.lists(st.sampled_from([0, 1, 31, 200]), min_size=3, max_size=3),
+)
+def test_any_sequence_of_deltas_equals_a_full_build(deltas, step_days):
+    with tempfile.TemporaryDirectory() as d:
+        box, home = sandbox_home(Path(d))
+        box.land(ALICE, HISTORY)
+        as_of = AS_OF
+        publish(home, as_of)
+        n = 0
+        for delta, days in zip(deltas, step_days, strict=False):
+            for owner, sent, others, hours in delta:
+                n += 1
+                at = (as_of + timedelta(hours=hours - 48)).strftime("%Y-%m-%dT%H:%M:%S")
+                mail = (
+                    Mail(f"x{n}", owner, others, at=at)
+                    if sent
+                    else Mail(f"x{n}", others[0], [owner, *others[1:]], at=at)
+                )
+                box.land(owner, [mail])
+            as_of = as_of + timedelta(days=days)
+            publish(home, as_of)
+        assert_equals_full_rebuild(home, as_of)

@@ -1,0 +1,191 @@
+"""Incremental publish: apply a staged delta to a copy of the live warehouse, then swap.
+
+The live file is copied (a page-cache copy: ~0.1 s for a million messages), the copy
+is changed in one transaction, checkpointed, fsynced and renamed over the live file.
+Analysts keep their snapshot exactly as with a full publish, and a failed run leaves
+the live file untouched. The copy also answers the incremental build's questions
+(`DuckLookup`) before it is changed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from connectors.lake import fsync_dir
+from transforms.incremental import DeltaStaged, Previous
+
+STATE_TABLES = (
+    "_rapport_build",
+    "_rapport_lake_files",
+    "_rapport_name_counts",
+    "_rapport_last_used",
+    "_rapport_blocked_threads",
+    "_rapport_connection_sums",
+)
+
+
+def _utc(frame: pl.DataFrame) -> pl.DataFrame:
+    # DuckDB reports 'Etc/UTC'; staged frames use 'UTC'. Same instant, same zone.
+    return frame.with_columns(pl.col(pl.Datetime).dt.convert_time_zone("UTC"))
+
+
+def open_copy(warehouse: Path, run_id: str) -> tuple[Path, duckdb.DuckDBPyConnection]:
+    tmp = warehouse.with_name(f".{warehouse.name}.{run_id}.building")
+    for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
+        leftover.unlink(missing_ok=True)
+    shutil.copyfile(warehouse, tmp)
+    con = duckdb.connect(str(tmp))
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET preserve_insertion_order = false")
+    con.execute("SET memory_limit = '1GB'")
+    return tmp, con
+
+
+def discard(tmp: Path, con: duckdb.DuckDBPyConnection) -> None:
+    con.close()
+    for path in (tmp, tmp.with_name(tmp.name + ".wal")):
+        path.unlink(missing_ok=True)
+
+
+def read_state(con: duckdb.DuckDBPyConnection) -> tuple[Previous, set[str]] | None:
+    """The last run's state and the lake files it read, or None (an older warehouse)."""
+    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    if not set(STATE_TABLES) <= tables:
+        return None
+    build = con.execute("SELECT as_of, fingerprint FROM _rapport_build").fetchall()
+    if len(build) != 1:
+        return None
+
+    def table(name: str) -> pl.DataFrame:
+        return _utc(con.sql(f'SELECT * FROM "{name}"').pl())  # our own table names
+
+    files = {r[0] for r in con.execute("SELECT path FROM _rapport_lake_files").fetchall()}
+    as_of, fp = build[0]
+    previous = Previous(
+        as_of=as_of,
+        fingerprint=fp,
+        people=table("people"),
+        companies=table("companies"),
+        person_merges=table("person_merges"),
+        person_metrics=table("person_metrics"),
+        company_metrics=table("company_metrics"),
+        name_counts=table("_rapport_name_counts"),
+        last_used=table("_rapport_last_used"),
+        blocked_threads=table("_rapport_blocked_threads"),
+        connection_sums=table("_rapport_connection_sums"),
+        published_messages=con.execute("SELECT count(*) FROM messages").fetchall()[0][0],
+    )
+    return previous, files
+
+
+class DuckLookup:
+    """The incremental build's questions, answered by the warehouse copy."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+
+    def count_matching(self, table: str, keys: pl.DataFrame) -> int:
+        if keys.is_empty():
+            return 0
+        self.con.register("lookup_keys", keys.to_arrow())
+        try:
+            cols = ", ".join(f'"{c}"' for c in keys.columns)
+            return self.con.execute(
+                f"SELECT count(*) FROM {table} JOIN (SELECT DISTINCT {cols} FROM lookup_keys) "
+                f"USING ({cols})"
+            ).fetchall()[0][0]
+        finally:
+            self.con.unregister("lookup_keys")
+
+    def interactions_matching(self, keys: pl.DataFrame) -> pl.DataFrame:
+        self.con.register("lookup_keys", keys.unique().to_arrow())
+        try:
+            return _utc(
+                self.con.sql(
+                    "SELECT i.* FROM interactions i "
+                    "JOIN lookup_keys k USING (member_id, person_id, source_key)"
+                ).pl()
+            )
+        finally:
+            self.con.unregister("lookup_keys")
+
+    def interactions_of(self, column: str, ids: pl.Series) -> pl.DataFrame:
+        assert column in ("person_id", "company_id")
+        self.con.register("lookup_ids", pl.DataFrame({"id": ids}).to_arrow())
+        try:
+            return _utc(
+                self.con.sql(
+                    f"SELECT * FROM interactions WHERE {column} IN (SELECT id FROM lookup_ids)"
+                ).pl()
+            )
+        finally:
+            self.con.unregister("lookup_ids")
+
+    def persons_with_interactions_in(self, ranges: list[tuple[datetime, datetime]]) -> pl.Series:
+        if not ranges:
+            return pl.Series("person_id", [], dtype=pl.String)
+        where = " OR ".join('("at" > ? AND "at" <= ?)' for _ in ranges)
+        params = [t for lo_hi in ranges for t in lo_hi]
+        rows = self.con.execute(
+            f"SELECT DISTINCT person_id FROM interactions WHERE {where}", params
+        ).fetchall()
+        return pl.Series("person_id", [r[0] for r in rows], dtype=pl.String)
+
+
+def apply_delta(
+    con: duckdb.DuckDBPyConnection,
+    staged: DeltaStaged,
+    whole_tables: dict[str, pl.DataFrame],
+    new_lake_files: list[str],
+) -> int:
+    """Write the delta into the copy in one transaction. Returns rows written."""
+    rows = 0
+    con.execute("BEGIN")
+    try:
+        if staged.interactions_replaced.height:
+            con.register("replaced", staged.interactions_replaced.to_arrow())
+            con.execute(
+                "DELETE FROM interactions USING replaced r WHERE interactions.member_id = "
+                "r.member_id AND interactions.person_id = r.person_id "
+                "AND interactions.source_key = r.source_key"
+            )
+            con.unregister("replaced")
+        for name, frame in {**staged.replace, **whole_tables}.items():
+            con.execute(f'DELETE FROM "{name}"')
+            rows += _insert(con, name, frame)
+        files = pl.DataFrame({"path": new_lake_files}, schema={"path": pl.String})
+        for name, frame in {**staged.append, "_rapport_lake_files": files}.items():
+            rows += _insert(con, name, frame)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    return rows
+
+
+def _insert(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> int:
+    if frame.is_empty():
+        return 0
+    con.register("staged_frame", frame.to_arrow())
+    con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM staged_frame')
+    con.unregister("staged_frame")
+    return frame.height
+
+
+def swap_in(tmp: Path, con: duckdb.DuckDBPyConnection, warehouse: Path) -> None:
+    """Checkpoint, fsync and rename the finished copy over the live file."""
+    con.execute("CHECKPOINT")
+    con.close()
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, warehouse)
+    fsync_dir(warehouse.parent)
