@@ -57,6 +57,8 @@ from transforms.pipeline import (
     read_events,
     read_quarantine,
     scan_files,
+    split_contacts,
+    with_contacts,
 )
 from transforms.records import build_people, erc_off_intervals, name_counts, person_candidates
 from transforms.rules import split_blocked, with_direction, with_internal_flag
@@ -99,6 +101,8 @@ class Lookup(Protocol):
 
     def interactions_of(self, column: str, ids: pl.Series) -> pl.DataFrame: ...
 
+    def contact_history(self, keys: pl.Series) -> pl.DataFrame: ...
+
     def persons_with_interactions_in(
         self, ranges: list[tuple[datetime, datetime]]
     ) -> pl.Series: ...
@@ -108,7 +112,7 @@ class Lookup(Protocol):
 class DeltaStaged:
     replace: dict[str, pl.DataFrame]
     append: dict[str, pl.DataFrame]
-    interactions_replaced: pl.DataFrame  # keys of existing rows the appended ones replace
+    deletes: dict[str, pl.DataFrame]  # per table: keys of rows removed before the append
     gate_tables: dict[str, pl.DataFrame]
     stats: dict[str, int]
     timings: dict[str, float] = field(default_factory=dict)
@@ -223,11 +227,6 @@ def build_delta(
     ).collect()
     people = build_people(candidates, counts.lazy(), previous.people)
     new_people = people.join(previous.people.select("person_id"), on="person_id", how="anti")
-    if new_people.height:
-        keys = person_key_map(new_people)
-        seen = keys.join(previous.name_counts.select("canonical_key"), on="canonical_key")
-        if seen.height:
-            raise Fallback("an address with history became a person")
     last_used = (
         pl.concat([previous.last_used.lazy(), last_used_by_address(visible.lazy(), vparts.lazy())])
         .group_by("email")
@@ -246,14 +245,40 @@ def build_delta(
         raise Fallback("a person moved to another company")
     lap("records")
 
-    # --- 5. interactions: new rows, merged with existing rows of the same source
-    new_rows = interaction_rows(
-        visible, vparts, events, att, person_key_map(people), people, frames
+    # --- 5. interactions: new rows, merged with existing rows of the same source, plus
+    # the kept history of addresses that became people in this run
+    delta_keys = delta_counts.select("canonical_key").collect()
+    rows, contact_rows = split_contacts(
+        interaction_rows(
+            visible,
+            vparts,
+            events,
+            att,
+            with_contacts(person_key_map(people), delta_keys),
+            people,
+            frames,
+        ),
+        people,
     )
-    existing = lookup.interactions_matching(new_rows.select(INTERACTION_KEY))
+    promoted = person_key_map(new_people)
+    history_rows = (
+        lookup.contact_history(promoted["canonical_key"])
+        .join(promoted, on="canonical_key")
+        .drop("canonical_key")
+    )
+    existing = lookup.interactions_matching(rows.select(INTERACTION_KEY))
     replaced = existing.select(INTERACTION_KEY)
     delta_interactions = (
-        dedupe_interactions(pl.concat([existing.lazy(), new_rows.lazy()]).drop("company_id"))
+        dedupe_interactions(
+            pl.concat(
+                [
+                    existing.drop("company_id").lazy(),
+                    history_rows.lazy(),
+                    rows.drop("company_id").lazy(),
+                ],
+                how="diagonal_relaxed",
+            )
+        )
         .join(people.lazy().select("person_id", "company_id"), on="person_id", how="left")
         .select(list(INTERACTIONS_SCHEMA))
         .cast(INTERACTIONS_SCHEMA)
@@ -265,6 +290,7 @@ def build_delta(
     touched = pl.concat(
         [
             delta_interactions["person_id"],
+            new_people["person_id"],
             lookup.persons_with_interactions_in(time_ranges(previous.as_of, as_of)),
         ]
     ).unique()
@@ -342,6 +368,11 @@ def build_delta(
             "account_id", "stream", "item_id", "reason", "detail", "fetched_at"
         ),
         "interactions": delta_interactions,
+        "_rapport_contact_history": contact_rows,
+    }
+    deletes = {
+        "interactions": replaced,
+        "_rapport_contact_history": promoted.select("canonical_key"),
     }
     replace = {
         "people": people,
@@ -359,6 +390,7 @@ def build_delta(
         "delta_events": events.height,
         "delta_interactions": delta_interactions.height,
         "interactions_replaced": replaced.height,
+        "contact_history_promoted": history_rows.height,
         "people_touched": touched.len(),
         "companies_touched": touched_companies.len(),
         "people_created": new_people.height,
@@ -372,4 +404,4 @@ def build_delta(
         "messages": messages_out,
     }
     lap("tables")
-    return DeltaStaged(replace, append, replaced, gate_tables, stats, lap.times)
+    return DeltaStaged(replace, append, deletes, gate_tables, stats, lap.times)

@@ -107,6 +107,7 @@ def state_tables(
     last_used: pl.DataFrame,
     blocked_threads: pl.DataFrame,
     connection_sums: pl.DataFrame,
+    contact_history: pl.DataFrame,
     files: dict[str, list[str]],
     lake_dir: Path,
 ) -> dict[str, pl.DataFrame]:
@@ -121,6 +122,7 @@ def state_tables(
         "_rapport_last_used": last_used.select("email", "last_used_at"),
         "_rapport_blocked_threads": blocked_threads.select("account_id", "thread_id"),
         "_rapport_connection_sums": connection_sums.select("member_id", "person_id", *SUM_COLUMNS),
+        "_rapport_contact_history": contact_history,
         "_rapport_lake_files": pl.DataFrame(
             {"path": [os.path.relpath(p, root) for p in paths]}, schema={"path": pl.String}
         ),
@@ -244,7 +246,12 @@ def build(
     lap("merges_linking")
     # --- 5. interactions and metrics
     person_keys = person_key_map(people)
-    interactions = interaction_rows(visible, vparts, events, att, person_keys, people, frames)
+    interactions, contact_history = split_contacts(
+        interaction_rows(
+            visible, vparts, events, att, with_contacts(person_keys, counts), people, frames
+        ),
+        people,
+    )
     lap("interactions")
     scores = person_connections(interactions.lazy(), frames.as_of).collect()
     connections = connections_table(scores.lazy(), people).collect()
@@ -285,6 +292,7 @@ def build(
             last_used=last_used,
             blocked_threads=blocked_threads,
             connection_sums=scores,
+            contact_history=contact_history,
             files=files,
             lake_dir=lake_dir,
         )
@@ -364,6 +372,40 @@ def finish_records(
     people, person_merges = apply_merges(people, domain_info, previous_merges)
     people = link_people(people, companies, domain_info, last_used)
     return people, companies, person_merges
+
+
+CONTACT_HISTORY_COLUMNS = [
+    "canonical_key",
+    "member_id",
+    "account_id",
+    "kind",
+    "at",
+    "source_key",
+    "weight",
+]
+
+
+def with_contacts(person_keys: pl.DataFrame, counts: pl.DataFrame) -> pl.DataFrame:
+    """person_keys plus every other seen address, standing in as its own person_id.
+
+    Interactions with addresses that are not (yet) people are kept as contact history,
+    so when one becomes a person a later run finds its past without re-reading the lake.
+    """
+    others = (
+        counts.select("canonical_key")
+        .drop_nulls()
+        .unique()
+        .join(person_keys, on="canonical_key", how="anti")
+        .with_columns(person_id=pl.col("canonical_key"))
+    )
+    return pl.concat([person_keys, others.select(person_keys.columns)])
+
+
+def split_contacts(rows: pl.DataFrame, people: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """-> (interactions of people, contact history of every other address)."""
+    ids = people.select("person_id")
+    contacts = rows.join(ids, on="person_id", how="anti").rename({"person_id": "canonical_key"})
+    return rows.join(ids, on="person_id", how="semi"), contacts.select(CONTACT_HISTORY_COLUMNS)
 
 
 def interaction_rows(

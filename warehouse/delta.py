@@ -27,6 +27,7 @@ STATE_TABLES = (
     "_rapport_last_used",
     "_rapport_blocked_threads",
     "_rapport_connection_sums",
+    "_rapport_contact_history",
 )
 
 
@@ -127,6 +128,18 @@ class DuckLookup:
         finally:
             self.con.unregister("lookup_ids")
 
+    def contact_history(self, keys: pl.Series) -> pl.DataFrame:
+        self.con.register("lookup_ids", pl.DataFrame({"id": keys}).to_arrow())
+        try:
+            return _utc(
+                self.con.sql(
+                    "SELECT * FROM _rapport_contact_history "
+                    "WHERE canonical_key IN (SELECT id FROM lookup_ids)"
+                ).pl()
+            )
+        finally:
+            self.con.unregister("lookup_ids")
+
     def persons_with_interactions_in(self, ranges: list[tuple[datetime, datetime]]) -> pl.Series:
         if not ranges:
             return pl.Series("person_id", [], dtype=pl.String)
@@ -148,14 +161,13 @@ def apply_delta(
     rows = 0
     con.execute("BEGIN")
     try:
-        if staged.interactions_replaced.height:
-            con.register("replaced", staged.interactions_replaced.to_arrow())
-            con.execute(
-                "DELETE FROM interactions USING replaced r WHERE interactions.member_id = "
-                "r.member_id AND interactions.person_id = r.person_id "
-                "AND interactions.source_key = r.source_key"
-            )
-            con.unregister("replaced")
+        for name, keys in staged.deletes.items():
+            if keys.is_empty():
+                continue
+            con.register("delete_keys", keys.unique().to_arrow())
+            match = " AND ".join(f't."{c}" = k."{c}"' for c in keys.columns)
+            con.execute(f'DELETE FROM "{name}" t USING delete_keys k WHERE {match}')
+            con.unregister("delete_keys")
         for name, frame in {**staged.replace, **whole_tables}.items():
             con.execute(f'DELETE FROM "{name}"')
             rows += _insert(con, name, frame)

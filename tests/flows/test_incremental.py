@@ -101,11 +101,25 @@ def test_time_alone_moves_metrics_exactly_as_a_full_build(tmp_path):
     assert_equals_full_rebuild(home, later)
 
 
+def test_an_address_with_history_that_becomes_a_person_brings_its_past(tmp_path):
+    """Dan only ever wrote in (no record); when Alice writes to him he becomes a person,
+    and his earlier mail counts, found in the kept contact history, not the lake."""
+    box, home = sandbox_home(tmp_path)
+    box.land(ALICE, HISTORY)
+    publish(home, AS_OF)
+    box.land(ALICE, [Mail("d3", ALICE, ["dan@initech.co.uk"], at="2026-05-31T09:00:00")])
+    out = publish(home, AS_OF)
+    assert out.mode == "incremental", out.fallback_reason
+    assert out.stats["people_created"] == 1
+    assert out.stats["contact_history_promoted"] == 1  # h4
+    assert_equals_full_rebuild(home, AS_OF)
+
+
 @pytest.mark.parametrize(
     "change, reason",
     [
         ("delete", "the delta deletes messages"),
-        ("known_address", "an address with history became a person"),
+        ("merge", "new duplicate records to merge"),
         ("settings", "settings, accounts or blocklist changed"),
         ("earlier", "as_of is earlier than the published run's"),
     ],
@@ -117,8 +131,19 @@ def test_what_the_delta_path_cannot_do_exactly_falls_back_to_a_full_build(tmp_pa
     as_of = AS_OF
     if change == "delete":
         box.delete(ALICE, "h1")
-    elif change == "known_address":  # Dan only ever wrote in; now Alice writes to him
-        box.land(ALICE, [Mail("d3", ALICE, ["dan@initech.co.uk"], at="2026-05-31T09:00:00")])
+    elif change == "merge":  # a second address for "Ann Lee" at globex.com
+        box.land(
+            ALICE,
+            [
+                Mail(
+                    "d3",
+                    ALICE,
+                    ["a.lee@globex.com"],
+                    at="2026-05-31T09:00:00",
+                    names={"a.lee@globex.com": "Ann Lee"},
+                )
+            ],
+        )
     elif change == "settings":
         with home.editing() as ws:
             ws.extra_free_mail_domains.append("globex.com")

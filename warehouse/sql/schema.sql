@@ -201,3 +201,15 @@ CREATE TABLE _rapport_connection_sums (
     f_recv DOUBLE, l_recv DOUBLE,   -- f_: 45-day half-life, l_: 365-day
     f_meet DOUBLE, l_meet DOUBLE
 );
+
+-- Would-be interactions with addresses that are not people (yet): when one becomes a
+-- person, its history is here, not only in the lake.
+CREATE TABLE _rapport_contact_history (
+    canonical_key VARCHAR NOT NULL,
+    member_id     VARCHAR NOT NULL,
+    account_id    VARCHAR NOT NULL,
+    kind          VARCHAR NOT NULL,
+    "at"          TIMESTAMPTZ NOT NULL,
+    source_key    VARCHAR NOT NULL,
+    weight        DOUBLE NOT NULL
+);
