@@ -32,10 +32,9 @@ from transforms.events import EVENTS_SCHEMA, attendee_candidates, events_table
 from transforms.metrics import (
     ACTIVITY_COLUMNS,
     INTERACTIONS_SCHEMA,
-    activity_metrics,
+    SUM_COLUMNS,
     age_connection_sums,
     assemble_metrics,
-    company_interactions,
     connections_table,
     dedupe_interactions,
     person_connection_sums,
@@ -89,6 +88,7 @@ class Previous:
     last_used: pl.DataFrame
     blocked_threads: pl.DataFrame
     connection_sums: pl.DataFrame
+    name_parts: pl.DataFrame
     published_messages: int
 
 
@@ -97,15 +97,13 @@ class Lookup(Protocol):
 
     def count_matching(self, table: str, keys: pl.DataFrame) -> int: ...
 
-    def interactions_matching(self, keys: pl.DataFrame) -> pl.DataFrame: ...
-
-    def interactions_of(self, column: str, ids: pl.Series) -> pl.DataFrame: ...
-
     def contact_history(self, keys: pl.Series) -> pl.DataFrame: ...
 
-    def persons_with_interactions_in(
-        self, ranges: list[tuple[datetime, datetime]]
-    ) -> pl.Series: ...
+    def rows_between(self, ranges: list[tuple[datetime, datetime]]) -> pl.DataFrame: ...
+
+    def rows_with_sources(self, sources: pl.Series) -> pl.DataFrame: ...
+
+    def future_meetings(self, column: str, ids: pl.Series, after: datetime) -> pl.DataFrame: ...
 
 
 @dataclass
@@ -225,7 +223,9 @@ def build_delta(
             ]
         )
     ).collect()
-    people = build_people(candidates, counts.lazy(), previous.people)
+    people, name_parts = build_people(
+        candidates, counts.lazy(), previous.people, previous.name_parts
+    )
     new_people = people.join(previous.people.select("person_id"), on="person_id", how="anti")
     last_used = (
         pl.concat([previous.last_used.lazy(), last_used_by_address(visible.lazy(), vparts.lazy())])
@@ -266,91 +266,117 @@ def build_delta(
         .join(promoted, on="canonical_key")
         .drop("canonical_key")
     )
-    existing = lookup.interactions_matching(rows.select(INTERACTION_KEY))
-    replaced = existing.select(INTERACTION_KEY)
-    delta_interactions = (
+    merged = (
         dedupe_interactions(
-            pl.concat(
-                [
-                    existing.drop("company_id").lazy(),
-                    history_rows.lazy(),
-                    rows.drop("company_id").lazy(),
-                ],
-                how="diagonal_relaxed",
-            )
+            pl.concat([history_rows.lazy(), rows.drop("company_id").lazy()], how="diagonal_relaxed")
         )
         .join(people.lazy().select("person_id", "company_id"), on="person_id", how="left")
         .select(list(INTERACTIONS_SCHEMA))
         .cast(INTERACTIONS_SCHEMA)
         .collect()
     )
+    # The same source again for the same member and person (a second mailbox of one
+    # member): a no-op unless it would change the kept row.
+    # Every stored row of each source the delta or the clock touches: one scan serves
+    # the repeat check below and the window counts of people and companies.
+    ranges = time_ranges(previous.as_of, as_of)
+    around = lookup.rows_between(ranges).cast(INTERACTIONS_SCHEMA)
+    sources = pl.concat([merged["source_key"], around["source_key"]]).unique()
+    by_source = lookup.rows_with_sources(sources).cast(INTERACTIONS_SCHEMA)
+    existing = by_source.join(merged.select(INTERACTION_KEY), on=INTERACTION_KEY, how="semi")
+    if existing.height:
+        cols = list(INTERACTIONS_SCHEMA)
+        again = merged.join(existing.select(INTERACTION_KEY), on=INTERACTION_KEY, how="semi")
+        redone = dedupe_interactions(
+            pl.concat([existing.select(cols), again]).drop("company_id").lazy()
+        ).collect()
+        same = redone.join(
+            existing.drop("company_id"), on=redone.columns, how="semi", nulls_equal=True
+        )
+        if same.height != redone.height:
+            raise Fallback("a source seen again changes an existing interaction")
+    delta_interactions = merged.join(
+        existing.select(INTERACTION_KEY), on=INTERACTION_KEY, how="anti"
+    )
     lap("interactions")
 
-    # --- metrics: recompute who the delta or the clock touched, age everyone else
-    touched = pl.concat(
-        [
-            delta_interactions["person_id"],
-            new_people["person_id"],
-            lookup.persons_with_interactions_in(time_ranges(previous.as_of, as_of)),
-        ]
-    ).unique()
-
-    def history(column: str, ids: pl.Series) -> pl.DataFrame:
-        old = lookup.interactions_of(column, ids).join(replaced, on=INTERACTION_KEY, how="anti")
-        new = delta_interactions.filter(pl.col(column).is_in(ids.implode()))
-        return pl.concat([old.select(new.columns).cast(INTERACTIONS_SCHEMA), new])
-
-    person_rows = history("person_id", touched)
+    # --- metrics: update who the delta or the clock touched from a few rows; everyone
+    # else keeps their row, and every score ages in closed form.
+    became_past = (pl.col("at") > previous.as_of) & (pl.col("at") <= as_of)
+    entering = pl.concat([delta_interactions, around.filter(became_past)])
     days = (as_of - previous.as_of).total_seconds() / 86400.0
-    sums = pl.concat(
-        [
-            person_connection_sums(person_rows.lazy(), as_of).collect(),
-            age_connection_sums(
-                previous.connection_sums.lazy().filter(
-                    ~pl.col("person_id").is_in(touched.implode())
-                ),
-                days,
-            ).collect(),
-        ],
-        how="vertical_relaxed",
+    sums = (
+        pl.concat(
+            [
+                age_connection_sums(previous.connection_sums.lazy(), days),
+                person_connection_sums(entering.lazy(), as_of),
+            ],
+            how="vertical_relaxed",
+        )
+        .group_by("member_id", "person_id")
+        .agg(pl.col(SUM_COLUMNS).sum())
+        .collect()
     )
     scores = scores_from_sums(sums.lazy()).collect()
     connections = connections_table(scores.lazy(), people).collect()
     members = frames.members
 
-    def kept_activity(prev_metrics: pl.DataFrame, key: str, ids: pl.Series) -> pl.DataFrame:
-        return prev_metrics.filter(~pl.col(key).is_in(ids.implode())).select(key, *ACTIVITY_COLUMNS)
+    updated_keys: dict[str, int] = {}
 
-    fresh = activity_metrics(person_rows.lazy(), "person_id", as_of, members).collect()
+    def updated(key: str, prev_metrics: pl.DataFrame, extra: pl.Series) -> pl.DataFrame:
+        touched = pl.concat([entering[key], around[key], extra]).drop_nulls().unique().to_frame(key)
+        updated_keys[key] = touched.height
+        pairs = (
+            pl.concat([entering.select(key, "source_key"), around.select(key, "source_key")])
+            .drop_nulls()
+            .unique()
+        )
+        source_rows = pl.concat(
+            [
+                by_source.join(pairs, on=[key, "source_key"], how="semi").with_columns(
+                    is_new=pl.lit(False)
+                ),
+                delta_interactions.join(pairs, on=[key, "source_key"], how="semi").with_columns(
+                    is_new=pl.lit(True)
+                ),
+            ]
+        )
+        future = pl.concat(
+            [
+                lookup.future_meetings(key, touched[key], as_of),
+                delta_interactions.filter(
+                    (pl.col("kind") == "meeting") & (pl.col("at") > as_of)
+                ).select(key, "at"),
+            ]
+        )
+        fresh = activity_update(
+            key,
+            touched,
+            prev_metrics.join(touched, on=key, how="semi"),
+            entering,
+            source_rows,
+            future,
+            previous.as_of,
+            as_of,
+            members,
+        )
+        kept = prev_metrics.join(touched, on=key, how="anti").select(key, *ACTIVITY_COLUMNS)
+        return pl.concat([fresh, kept.cast(fresh.schema)])
+
+    person_activity = updated("person_id", previous.person_metrics, new_people["person_id"])
     person_metrics = assemble_metrics(
         people.lazy(),
         "person_id",
-        pl.concat(
-            [fresh, kept_activity(previous.person_metrics, "person_id", touched).cast(fresh.schema)]
-        ).lazy(),
+        person_activity.lazy(),
         strongest_connection(scores.lazy(), "person_id", members),
     ).collect()
-
-    touched_companies = (
-        people.filter(pl.col("person_id").is_in(touched.implode()))["company_id"]
-        .drop_nulls()
-        .unique()
+    company_activity = updated(
+        "company_id", previous.company_metrics, pl.Series("company_id", [], pl.String)
     )
-    company_rows = history("company_id", touched_companies)
-    fresh_c = activity_metrics(
-        company_interactions(company_rows.lazy()), "company_id", as_of, members
-    ).collect()
     company_metrics = assemble_metrics(
         companies.lazy(),
         "company_id",
-        pl.concat(
-            [
-                fresh_c,
-                kept_activity(previous.company_metrics, "company_id", touched_companies).cast(
-                    fresh_c.schema
-                ),
-            ]
-        ).lazy(),
+        company_activity.lazy(),
         strongest_connection(
             connections.lazy().filter(pl.col("person_id").is_null()), "company_id", members
         ),
@@ -370,10 +396,7 @@ def build_delta(
         "interactions": delta_interactions,
         "_rapport_contact_history": contact_rows,
     }
-    deletes = {
-        "interactions": replaced,
-        "_rapport_contact_history": promoted.select("canonical_key"),
-    }
+    deletes = {"_rapport_contact_history": promoted.select("canonical_key")}
     replace = {
         "people": people,
         "companies": companies,
@@ -384,15 +407,17 @@ def build_delta(
         "_rapport_name_counts": counts.select("canonical_key", "email", "name", "n"),
         "_rapport_last_used": last_used,
         "_rapport_connection_sums": sums,
+        "_rapport_name_parts": name_parts,
     }
     stats = {
         "delta_messages": visible.height,
         "delta_events": events.height,
         "delta_interactions": delta_interactions.height,
-        "interactions_replaced": replaced.height,
+        "interactions_seen_again": existing.height,
         "contact_history_promoted": history_rows.height,
-        "people_touched": touched.len(),
-        "companies_touched": touched_companies.len(),
+        "rows_around_time_edges": around.height,
+        "people_updated": updated_keys["person_id"],
+        "companies_updated": updated_keys["company_id"],
         "people_created": new_people.height,
         "quarantined": quarantine.height,
     }
@@ -405,3 +430,112 @@ def build_delta(
     }
     lap("tables")
     return DeltaStaged(replace, append, deletes, gate_tables, stats, lap.times)
+
+
+EMAIL_KINDS = ["email_sent", "email_received"]
+# (column, window in days, counts mail rather than meetings) as in metrics.activity_metrics
+WINDOW_COUNTS = [
+    ("emails_30d", 30, True),
+    ("emails_90d", 90, True),
+    ("emails_365d", 365, True),
+    ("meetings_90d", 90, False),
+]
+
+
+def activity_update(
+    key: str,
+    touched: pl.DataFrame,
+    previous: pl.DataFrame,
+    entering: pl.DataFrame,
+    source_rows: pl.DataFrame,
+    future: pl.DataFrame,
+    previous_as_of: datetime,
+    as_of: datetime,
+    members: pl.DataFrame,
+) -> pl.DataFrame:
+    """New activity rows for `touched` keys from their previous rows plus a few rows.
+
+    * first/last times: min/max of the previous value and the rows entering the past
+      (new interactions, and old ones whose time came between the two as_of);
+    * last interaction kind/member: the greatest (at, kind, member) of the same;
+    * windowed counts: previous count plus, per source whose window status can have
+      changed (`source_rows`: every row of each such key and source), in-window now
+      minus in-window then;
+    * next meeting: the earliest meeting after as_of (`future`).
+    Equal to `metrics.activity_metrics` over all rows (tests/flows/test_incremental.py).
+    """
+    at, kind = pl.col("at"), pl.col("kind")
+    is_email, is_meeting = kind.is_in(EMAIL_KINDS), kind == "meeting"
+    past = entering.filter(at <= as_of)
+    times = past.group_by(key).agg(
+        e_first=at.min(),
+        e_last=at.max(),
+        e_first_email=at.filter(is_email).min(),
+        e_last_email=at.filter(is_email).max(),
+        e_first_meeting=at.filter(is_meeting).min(),
+        e_last_meeting=at.filter(is_meeting).max(),
+    )
+    ids = members.select("member_id", "email")
+    previous_last = (
+        previous.join(
+            ids.rename({"email": "last_interaction_member"}),
+            on="last_interaction_member",
+            how="left",
+        )
+        .select(key, at="last_interaction_at", kind="last_interaction_kind", member_id="member_id")
+        .drop_nulls("at")
+    )
+    latest = ["at", "kind", "member_id"]
+    last = (
+        pl.concat([previous_last, past.select(key, *latest)])
+        .group_by(key)
+        .agg(
+            last_kind=kind.sort_by(latest).last(),
+            last_member_id=pl.col("member_id").sort_by(latest).last(),
+        )
+        .join(
+            ids.rename({"member_id": "last_member_id", "email": "last_member"}),
+            on="last_member_id",
+            how="left",
+        )
+    )
+    day = timedelta(days=1)
+    changes = []
+    for column, days, mail in WINDOW_COUNTS:
+        then_lo, now_lo = previous_as_of - day * days, as_of - day * days
+        per_source = (
+            source_rows.filter(is_email if mail else is_meeting)
+            .group_by(key, "source_key")
+            .agg(
+                was=(~pl.col("is_new") & (at > then_lo) & (at <= previous_as_of)).any(),
+                now=((at > now_lo) & (at <= as_of)).any(),
+            )
+            .group_by(key)
+            .agg((pl.col("now").cast(pl.Int64) - pl.col("was").cast(pl.Int64)).sum().alias(column))
+        )
+        changes.append(per_source)
+    next_meeting = future.filter(at > as_of).group_by(key).agg(next_meeting_at=at.min())
+    out = (
+        touched.join(previous, on=key, how="left")
+        .join(times, on=key, how="left")
+        .join(last, on=key, how="left")
+        .join(next_meeting.rename({"next_meeting_at": "next_new"}), on=key, how="left")
+    )
+    for change, (column, _, _) in zip(changes, WINDOW_COUNTS, strict=True):
+        out = out.join(change.rename({column: f"{column}_change"}), on=key, how="left")
+    return out.select(
+        key,
+        first_interaction_at=pl.min_horizontal("first_interaction_at", "e_first"),
+        last_interaction_at=pl.max_horizontal("last_interaction_at", "e_last"),
+        last_interaction_kind="last_kind",
+        last_interaction_member="last_member",
+        first_email_at=pl.min_horizontal("first_email_at", "e_first_email"),
+        last_email_at=pl.max_horizontal("last_email_at", "e_last_email"),
+        first_meeting_at=pl.min_horizontal("first_meeting_at", "e_first_meeting"),
+        last_meeting_at=pl.max_horizontal("last_meeting_at", "e_last_meeting"),
+        next_meeting_at="next_new",
+        **{
+            column: pl.col(column).fill_null(0) + pl.col(f"{column}_change").fill_null(0)
+            for column, _, _ in WINDOW_COUNTS
+        },
+    )

@@ -108,6 +108,7 @@ def state_tables(
     blocked_threads: pl.DataFrame,
     connection_sums: pl.DataFrame,
     contact_history: pl.DataFrame,
+    name_parts: pl.DataFrame,
     files: dict[str, list[str]],
     lake_dir: Path,
 ) -> dict[str, pl.DataFrame]:
@@ -123,6 +124,7 @@ def state_tables(
         "_rapport_blocked_threads": blocked_threads.select("account_id", "thread_id"),
         "_rapport_connection_sums": connection_sums.select("member_id", "person_id", *SUM_COLUMNS),
         "_rapport_contact_history": contact_history,
+        "_rapport_name_parts": name_parts,
         "_rapport_lake_files": pl.DataFrame(
             {"path": [os.path.relpath(p, root) for p in paths]}, schema={"path": pl.String}
         ),
@@ -235,7 +237,7 @@ def build(
     counts = name_counts(
         pl.concat([vparts.lazy().select(NAME_SOURCE), att.lazy().select(NAME_SOURCE)])
     ).collect()
-    people = build_people(candidates, counts.lazy(), previous_people)
+    people, name_parts = build_people(candidates, counts.lazy(), previous_people)
 
     lap("people")
     last_used = last_used_by_address(visible.lazy(), vparts.lazy()).collect()
@@ -293,6 +295,7 @@ def build(
             blocked_threads=blocked_threads,
             connection_sums=scores,
             contact_history=contact_history,
+            name_parts=name_parts,
             files=files,
             lake_dir=lake_dir,
         )

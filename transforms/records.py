@@ -166,14 +166,19 @@ def _plain_two_word_names(names: pl.Series) -> pl.Series:
     ).fill_null(False)
 
 
-def split_names(names: pl.Series) -> pl.DataFrame:
+def split_names(names: pl.Series, known: pl.DataFrame | None = None) -> pl.DataFrame:
     """(name, first_name, last_name) for distinct names; nameparser handles 'Doe, Jane'.
 
     Plain 'First Last' names (the vast majority) split in Polars; only the rest go
-    through nameparser, one call per distinct name.
+    through nameparser, one call per distinct name, unless `known` (an earlier run's
+    result) already holds it.
     """
     distinct = names.unique().drop_nulls().str.strip_chars()
     distinct = distinct.filter(distinct != "").unique()
+    reused = pl.DataFrame(schema=SCHEMA_NAMES)
+    if known is not None and known.height:
+        reused = known.cast(SCHEMA_NAMES).filter(pl.col("display_name").is_in(distinct.implode()))
+        distinct = distinct.filter(~distinct.is_in(reused["display_name"].implode()))
     plain = _plain_two_word_names(distinct)
     simple = pl.DataFrame({"display_name": distinct.filter(plain)}).with_columns(
         name=pl.col("display_name"),
@@ -188,7 +193,7 @@ def split_names(names: pl.Series) -> pl.DataFrame:
         tidy = " ".join(p for p in (first, parsed.middle or None, last) if p) or full
         rows.append((full, tidy, first, last))
     hard = pl.DataFrame(rows, schema=SCHEMA_NAMES, orient="row")
-    return pl.concat([simple.cast(SCHEMA_NAMES), hard])
+    return pl.concat([simple.cast(SCHEMA_NAMES), hard, reused])
 
 
 def names_from_local_part(lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -232,8 +237,13 @@ def build_people(
     candidates: pl.LazyFrame,
     participants: pl.LazyFrame,
     previous: pl.DataFrame | None,
-) -> pl.DataFrame:
-    """People keyed by canonical address, merged with the previous run's records."""
+    known_name_parts: pl.DataFrame | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """People keyed by canonical address, merged with the previous run's records.
+
+    Also returns the split of each display name used (kept, so a later run parses only
+    names it has not seen).
+    """
     created = (
         candidates.group_by("canonical_key")
         .agg(
@@ -276,7 +286,7 @@ def build_people(
     names = best_names(counts).join(key_map.lazy(), on="canonical_key").collect()
     # One display name per person: the key with the most recent creation wins ties.
     names = names.sort("person_id", "display_name").unique("person_id", keep="first")
-    parsed = split_names(names["display_name"])
+    parsed = split_names(names["display_name"], known_name_parts)
     named = names.join(parsed, on="display_name", how="left").select(
         "person_id", "name", "first_name", "last_name"
     )
@@ -316,7 +326,7 @@ def build_people(
         .sort("person_id")
         .collect()
     )
-    return people.cast(PEOPLE_SCHEMA)
+    return people.cast(PEOPLE_SCHEMA), parsed
 
 
 def _carried_forward(

@@ -28,6 +28,7 @@ STATE_TABLES = (
     "_rapport_blocked_threads",
     "_rapport_connection_sums",
     "_rapport_contact_history",
+    "_rapport_name_parts",
 )
 
 
@@ -80,6 +81,7 @@ def read_state(con: duckdb.DuckDBPyConnection) -> tuple[Previous, set[str]] | No
         last_used=table("_rapport_last_used"),
         blocked_threads=table("_rapport_blocked_threads"),
         connection_sums=table("_rapport_connection_sums"),
+        name_parts=table("_rapport_name_parts"),
         published_messages=con.execute("SELECT count(*) FROM messages").fetchall()[0][0],
     )
     return previous, files
@@ -104,30 +106,6 @@ class DuckLookup:
         finally:
             self.con.unregister("lookup_keys")
 
-    def interactions_matching(self, keys: pl.DataFrame) -> pl.DataFrame:
-        self.con.register("lookup_keys", keys.unique().to_arrow())
-        try:
-            return _utc(
-                self.con.sql(
-                    "SELECT i.* FROM interactions i "
-                    "JOIN lookup_keys k USING (member_id, person_id, source_key)"
-                ).pl()
-            )
-        finally:
-            self.con.unregister("lookup_keys")
-
-    def interactions_of(self, column: str, ids: pl.Series) -> pl.DataFrame:
-        assert column in ("person_id", "company_id")
-        self.con.register("lookup_ids", pl.DataFrame({"id": ids}).to_arrow())
-        try:
-            return _utc(
-                self.con.sql(
-                    f"SELECT * FROM interactions WHERE {column} IN (SELECT id FROM lookup_ids)"
-                ).pl()
-            )
-        finally:
-            self.con.unregister("lookup_ids")
-
     def contact_history(self, keys: pl.Series) -> pl.DataFrame:
         self.con.register("lookup_ids", pl.DataFrame({"id": keys}).to_arrow())
         try:
@@ -140,15 +118,35 @@ class DuckLookup:
         finally:
             self.con.unregister("lookup_ids")
 
-    def persons_with_interactions_in(self, ranges: list[tuple[datetime, datetime]]) -> pl.Series:
-        if not ranges:
-            return pl.Series("person_id", [], dtype=pl.String)
-        where = " OR ".join('("at" > ? AND "at" <= ?)' for _ in ranges)
+    def rows_between(self, ranges: list[tuple[datetime, datetime]]) -> pl.DataFrame:
+        """Interactions with `at` in any (lo, hi] range."""
+        where = " OR ".join('("at" > ? AND "at" <= ?)' for _ in ranges) or "false"
         params = [t for lo_hi in ranges for t in lo_hi]
-        rows = self.con.execute(
-            f"SELECT DISTINCT person_id FROM interactions WHERE {where}", params
-        ).fetchall()
-        return pl.Series("person_id", [r[0] for r in rows], dtype=pl.String)
+        return _utc(self.con.sql(f"SELECT * FROM interactions WHERE {where}", params=params).pl())
+
+    def rows_with_sources(self, sources: pl.Series) -> pl.DataFrame:
+        """Every interaction of each source (all members, people and companies)."""
+        self.con.register("lookup_ids", pl.DataFrame({"id": sources}).to_arrow())
+        try:
+            return _utc(
+                self.con.sql(
+                    "SELECT * FROM interactions WHERE source_key IN (SELECT id FROM lookup_ids)"
+                ).pl()
+            )
+        finally:
+            self.con.unregister("lookup_ids")
+
+    def future_meetings(self, column: str, ids: pl.Series, after: datetime) -> pl.DataFrame:
+        assert column in ("person_id", "company_id")
+        self.con.register("lookup_ids", pl.DataFrame({"id": ids}).to_arrow())
+        sql = (
+            f"SELECT {column}, \"at\" FROM interactions WHERE kind = 'meeting' "
+            f'AND "at" > ? AND {column} IN (SELECT id FROM lookup_ids)'
+        )
+        try:
+            return _utc(self.con.sql(sql, params=[after]).pl())
+        finally:
+            self.con.unregister("lookup_ids")
 
 
 def apply_delta(

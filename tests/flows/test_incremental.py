@@ -97,7 +97,7 @@ def test_time_alone_moves_metrics_exactly_as_a_full_build(tmp_path):
     later = AS_OF + timedelta(days=40)  # ev1 is now past; h3 left the 30-day window
     out = publish(home, later)
     assert out.mode == "incremental", out.fallback_reason
-    assert out.stats["people_touched"] >= 2
+    assert out.stats["people_updated"] >= 2
     assert_equals_full_rebuild(home, later)
 
 

@@ -213,3 +213,11 @@ CREATE TABLE _rapport_contact_history (
     source_key    VARCHAR NOT NULL,
     weight        DOUBLE NOT NULL
 );
+
+-- How each display name in use was split (nameparser is slow; parse a name once).
+CREATE TABLE _rapport_name_parts (
+    display_name VARCHAR,
+    name         VARCHAR,
+    first_name   VARCHAR,
+    last_name    VARCHAR
+);
