@@ -195,7 +195,11 @@ def print_run(out: dict[str, Any]) -> None:
         )
     console.print(table)
     pub = out["publish"]
-    console.print(f"published {pub['rows_published']:,} rows; timings {pub['timings']}")
+    how = pub.get("mode", "full")
+    if pub.get("fallback_reason") and how == "full":
+        how += f" ({pub['fallback_reason']})"
+    steps = {k: v for k, v in pub["timings"].items() if not k.startswith("transform.")}
+    console.print(f"published {pub['rows_published']:,} rows, {how} build; seconds {steps}")
 
 
 # ------------------------------------------------------------------ accounts
