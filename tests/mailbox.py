@@ -326,6 +326,10 @@ def snapshot(warehouse: Path) -> dict[str, pl.DataFrame]:
                 continue
             df = con.sql(f'SELECT * FROM "{name}"').pl()
             df = df.drop([c for c in SNAPSHOT_SKIP.get(name) or [] if c in df.columns])
+            # Recipient lists carry no order (see transforms.pipeline.messages_table).
+            df = df.with_columns(
+                pl.col(c).list.sort() for c, t in df.schema.items() if t == pl.List(pl.String)
+            )
             sortable = [c for c, t in df.schema.items() if not isinstance(t, pl.List)]
             out[name] = df.sort(sortable, nulls_last=True) if sortable else df
         return out

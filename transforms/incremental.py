@@ -258,7 +258,6 @@ def build_delta(
             people,
             frames,
         ),
-        people,
     )
     promoted = person_key_map(new_people)
     history_rows = (

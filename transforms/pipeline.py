@@ -252,7 +252,6 @@ def build(
         interaction_rows(
             visible, vparts, events, att, with_contacts(person_keys, counts), people, frames
         ),
-        people,
     )
     lap("interactions")
     scores = person_connections(interactions.lazy(), frames.as_of).collect()
@@ -404,11 +403,14 @@ def with_contacts(person_keys: pl.DataFrame, counts: pl.DataFrame) -> pl.DataFra
     return pl.concat([person_keys, others.select(person_keys.columns)])
 
 
-def split_contacts(rows: pl.DataFrame, people: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """-> (interactions of people, contact history of every other address)."""
-    ids = people.select("person_id")
-    contacts = rows.join(ids, on="person_id", how="anti").rename({"person_id": "canonical_key"})
-    return rows.join(ids, on="person_id", how="semi"), contacts.select(CONTACT_HISTORY_COLUMNS)
+def split_contacts(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """-> (interactions of people, contact history of every other address).
+
+    A stand-in id is an address (it has an '@'); a person id never does.
+    """
+    is_contact = pl.col("person_id").str.contains("@", literal=True)
+    contacts = rows.filter(is_contact).rename({"person_id": "canonical_key"})
+    return rows.filter(~is_contact), contacts.select(CONTACT_HISTORY_COLUMNS)
 
 
 def interaction_rows(
@@ -491,9 +493,10 @@ def messages_table(visible: pl.DataFrame, vparts: pl.DataFrame) -> pl.DataFrame:
         .group_by("_mid")  # one integer per message, attached when participants were read
         .agg(
             from_email=addr.filter(role == "from").first(),
-            # Sorted: participant rows reach here in no guaranteed order (hash joins).
-            to_emails=addr.filter(role == "to").sort(),
-            cc_emails=addr.filter(role == "cc").sort(),
+            # In no guaranteed order (participant rows come through hash joins); sorting
+            # here would triple this step's cost at a million messages.
+            to_emails=addr.filter(role == "to"),
+            cc_emails=addr.filter(role == "cc"),
         )
     )
     return (
