@@ -39,14 +39,19 @@ def _utc(frame: pl.DataFrame) -> pl.DataFrame:
 
 def open_copy(warehouse: Path, run_id: str) -> tuple[Path, duckdb.DuckDBPyConnection]:
     tmp = warehouse.with_name(f".{warehouse.name}.{run_id}.building")
-    for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
-        leftover.unlink(missing_ok=True)
+    remove_leftovers(warehouse)
     shutil.copyfile(warehouse, tmp)
     con = duckdb.connect(str(tmp))
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET preserve_insertion_order = false")
     con.execute("SET memory_limit = '1GB'")
     return tmp, con
+
+
+def remove_leftovers(warehouse: Path) -> None:
+    """Half-built copies of runs that died (the writer lock is held: none is in use)."""
+    for leftover in warehouse.parent.glob(f".{warehouse.name}.*.building*"):
+        leftover.unlink(missing_ok=True)
 
 
 def discard(tmp: Path, con: duckdb.DuckDBPyConnection) -> None:

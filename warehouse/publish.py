@@ -60,7 +60,8 @@ def publish(
 ) -> int:
     """Write every table into a fresh file and swap it in. Returns rows published."""
     tmp = warehouse.with_name(f".{warehouse.name}.{run_id}.building")
-    for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
+    # Half-built files of runs that died (the writer lock is held: none is in use).
+    for leftover in warehouse.parent.glob(f".{warehouse.name}.*.building*"):
         leftover.unlink(missing_ok=True)
     rows = 0
     con = duckdb.connect(str(tmp))

@@ -205,3 +205,37 @@ def test_any_sequence_of_deltas_equals_a_full_build(deltas, step_days):
             as_of = as_of + timedelta(days=days)
             publish(home, as_of)
         assert_equals_full_rebuild(home, as_of)
+
+
+class Crash(BaseException):
+    """A process death: nothing in the pipeline may catch it."""
+
+
+@pytest.mark.parametrize("crash_in", ["apply", "swap"])
+def test_a_crash_in_an_incremental_publish_then_a_rerun_equals_a_clean_run(
+    tmp_path, monkeypatch, crash_in
+):
+    import warehouse.delta as delta_mod
+
+    delta = [Mail("d1", "ann@globex.com", [ALICE], at="2026-06-01T12:00:00")]
+    snaps = []
+    for crash in (False, True):
+        box, home = sandbox_home(tmp_path / str(crash))
+        box.land(ALICE, HISTORY)
+        publish(home, AS_OF)
+        box.land(ALICE, delta)
+        if crash:
+            before = snapshot(home.warehouse)
+            target, name = (
+                (delta_mod, "_insert") if crash_in == "apply" else (delta_mod.os, "replace")
+            )
+            with monkeypatch.context() as m:
+                m.setattr(target, name, lambda *a, **k: (_ for _ in ()).throw(Crash(crash_in)))
+                with pytest.raises(Crash):
+                    publish(home, AS_OF + timedelta(hours=1))
+            assert_same_warehouse(before, snapshot(home.warehouse))  # live file untouched
+        out = publish(home, AS_OF + timedelta(hours=1))
+        assert out.mode == "incremental", out.fallback_reason
+        assert not list(home.root.glob(".*.building*"))  # no half-built copy left behind
+        snaps.append(snapshot(home.warehouse))
+    assert_same_warehouse(*snaps)
