@@ -13,6 +13,7 @@ import os
 import shutil
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import polars as pl
@@ -35,6 +36,11 @@ STATE_TABLES = (
 def _utc(frame: pl.DataFrame) -> pl.DataFrame:
     # DuckDB reports 'Etc/UTC'; staged frames use 'UTC'. Same instant, same zone.
     return frame.with_columns(pl.col(pl.Datetime).dt.convert_time_zone("UTC"))
+
+
+def _arrow(frame: pl.DataFrame) -> Any:
+    """Arrow over Polars' own buffers: the newest layout hands strings over uncopied."""
+    return frame.to_arrow(compat_level=pl.CompatLevel.newest())
 
 
 def open_copy(warehouse: Path, run_id: str) -> tuple[Path, duckdb.DuckDBPyConnection]:
@@ -101,7 +107,7 @@ class DuckLookup:
     def count_matching(self, table: str, keys: pl.DataFrame) -> int:
         if keys.is_empty():
             return 0
-        self.con.register("lookup_keys", keys.to_arrow())
+        self.con.register("lookup_keys", _arrow(keys))
         try:
             cols = ", ".join(f'"{c}"' for c in keys.columns)
             return self.con.execute(
@@ -112,7 +118,7 @@ class DuckLookup:
             self.con.unregister("lookup_keys")
 
     def contact_history(self, keys: pl.Series) -> pl.DataFrame:
-        self.con.register("lookup_ids", pl.DataFrame({"id": keys}).to_arrow())
+        self.con.register("lookup_ids", _arrow(pl.DataFrame({"id": keys})))
         try:
             return _utc(
                 self.con.sql(
@@ -131,7 +137,10 @@ class DuckLookup:
 
     def rows_with_sources(self, sources: pl.Series) -> pl.DataFrame:
         """Every interaction of each source (all members, people and companies)."""
-        self.con.register("lookup_ids", pl.DataFrame({"id": sources}).to_arrow())
+        self.con.register(
+            "lookup_ids",
+            _arrow(pl.DataFrame({"id": sources})),
+        )
         try:
             return _utc(
                 self.con.sql(
@@ -143,7 +152,7 @@ class DuckLookup:
 
     def future_meetings(self, column: str, ids: pl.Series, after: datetime) -> pl.DataFrame:
         assert column in ("person_id", "company_id")
-        self.con.register("lookup_ids", pl.DataFrame({"id": ids}).to_arrow())
+        self.con.register("lookup_ids", _arrow(pl.DataFrame({"id": ids})))
         sql = (
             f"SELECT {column}, \"at\" FROM interactions WHERE kind = 'meeting' "
             f'AND "at" > ? AND {column} IN (SELECT id FROM lookup_ids)'
@@ -167,7 +176,7 @@ def apply_delta(
         for name, keys in staged.deletes.items():
             if keys.is_empty():
                 continue
-            con.register("delete_keys", keys.unique().to_arrow())
+            con.register("delete_keys", _arrow(keys.unique()))
             match = " AND ".join(f't."{c}" = k."{c}"' for c in keys.columns)
             con.execute(f'DELETE FROM "{name}" t USING delete_keys k WHERE {match}')
             con.unregister("delete_keys")
@@ -187,7 +196,7 @@ def apply_delta(
 def _insert(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> int:
     if frame.is_empty():
         return 0
-    con.register("staged_frame", frame.to_arrow())
+    con.register("staged_frame", _arrow(frame))
     con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM staged_frame')
     con.unregister("staged_frame")
     return frame.height
