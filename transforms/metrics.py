@@ -224,22 +224,26 @@ def activity_metrics(
     # Per-group sort for "the last one" instead of sorting every interaction globally.
     latest = [pl.col(c).filter(past) for c in ("at", "kind", "member_id")]
     # Distinct counts on a 64-bit hash of the source key, not on the strings themselves.
-    src = pl.col("source_key").hash(seed=7)
-    base = interactions.group_by(key).agg(
-        first_interaction_at=at.filter(past).min(),
-        last_interaction_at=at.filter(past).max(),
-        last_interaction_kind=pl.col("kind").filter(past).sort_by(latest).last(),
-        last_interaction_member_id=pl.col("member_id").filter(past).sort_by(latest).last(),
-        first_email_at=at.filter(is_email & past).min(),
-        last_email_at=at.filter(is_email & past).max(),
-        first_meeting_at=at.filter(is_meeting & past).min(),
-        last_meeting_at=at.filter(is_meeting & past).max(),
-        next_meeting_at=at.filter(is_meeting & (at > as_of)).min(),
-        # Distinct sources: mail to two members, or a shared meeting, counts once.
-        emails_30d=src.filter(is_email & within(30)).n_unique().cast(pl.Int64),
-        emails_90d=src.filter(is_email & within(90)).n_unique().cast(pl.Int64),
-        emails_365d=src.filter(is_email & within(365)).n_unique().cast(pl.Int64),
-        meetings_90d=src.filter(is_meeting & within(90)).n_unique().cast(pl.Int64),
+    src = pl.col("_src")
+    base = (
+        interactions.with_columns(_src=pl.col("source_key").hash(seed=7))
+        .group_by(key)
+        .agg(
+            first_interaction_at=at.filter(past).min(),
+            last_interaction_at=at.filter(past).max(),
+            last_interaction_kind=pl.col("kind").filter(past).sort_by(latest).last(),
+            last_interaction_member_id=pl.col("member_id").filter(past).sort_by(latest).last(),
+            first_email_at=at.filter(is_email & past).min(),
+            last_email_at=at.filter(is_email & past).max(),
+            first_meeting_at=at.filter(is_meeting & past).min(),
+            last_meeting_at=at.filter(is_meeting & past).max(),
+            next_meeting_at=at.filter(is_meeting & (at > as_of)).min(),
+            # Distinct sources: mail to two members, or a shared meeting, counts once.
+            emails_30d=src.filter(is_email & within(30)).n_unique().cast(pl.Int64),
+            emails_90d=src.filter(is_email & within(90)).n_unique().cast(pl.Int64),
+            emails_365d=src.filter(is_email & within(365)).n_unique().cast(pl.Int64),
+            meetings_90d=src.filter(is_meeting & within(90)).n_unique().cast(pl.Int64),
+        )
     )
     emails = member_emails.lazy().select(
         last_interaction_member_id="member_id", last_interaction_member="email"
@@ -324,10 +328,12 @@ def person_metrics(
 
 
 def company_interactions(interactions: pl.LazyFrame) -> pl.LazyFrame:
-    """A company interaction is one per (member, source), however many of its people took part."""
-    return interactions.filter(pl.col("company_id").is_not_null()).unique(
-        ["company_id", "member_id", "source_key", "kind"]
-    )
+    """The interactions of people linked to a company.
+
+    A mail to three people of one company is one company interaction: the counts are
+    distinct sources and the rest are min/max, so the repeats need no dedup pass.
+    """
+    return interactions.filter(pl.col("company_id").is_not_null())
 
 
 def company_metrics(
