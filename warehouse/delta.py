@@ -9,17 +9,15 @@ the live file untouched. The copy also answers the incremental build's questions
 
 from __future__ import annotations
 
-import os
 import shutil
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import polars as pl
 
-from connectors.lake import fsync_dir
 from transforms.incremental import DeltaStaged, Previous
+from warehouse.publish import arrow_view, building_path, swap_file
 
 STATE_TABLES = (
     "_rapport_build",
@@ -38,26 +36,14 @@ def _utc(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(pl.col(pl.Datetime).dt.convert_time_zone("UTC"))
 
 
-def _arrow(frame: pl.DataFrame) -> Any:
-    """Arrow over Polars' own buffers: the newest layout hands strings over uncopied."""
-    return frame.to_arrow(compat_level=pl.CompatLevel.newest())
-
-
 def open_copy(warehouse: Path, run_id: str) -> tuple[Path, duckdb.DuckDBPyConnection]:
-    tmp = warehouse.with_name(f".{warehouse.name}.{run_id}.building")
-    remove_leftovers(warehouse)
+    tmp = building_path(warehouse, run_id)
     shutil.copyfile(warehouse, tmp)
     con = duckdb.connect(str(tmp))
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET preserve_insertion_order = false")
     con.execute("SET memory_limit = '1GB'")
     return tmp, con
-
-
-def remove_leftovers(warehouse: Path) -> None:
-    """Half-built copies of runs that died (the writer lock is held: none is in use)."""
-    for leftover in warehouse.parent.glob(f".{warehouse.name}.*.building*"):
-        leftover.unlink(missing_ok=True)
 
 
 def discard(tmp: Path, con: duckdb.DuckDBPyConnection) -> None:
@@ -107,7 +93,7 @@ class DuckLookup:
     def count_matching(self, table: str, keys: pl.DataFrame) -> int:
         if keys.is_empty():
             return 0
-        self.con.register("lookup_keys", _arrow(keys))
+        self.con.register("lookup_keys", arrow_view(keys))
         try:
             cols = ", ".join(f'"{c}"' for c in keys.columns)
             return self.con.execute(
@@ -118,7 +104,7 @@ class DuckLookup:
             self.con.unregister("lookup_keys")
 
     def contact_history(self, keys: pl.Series) -> pl.DataFrame:
-        self.con.register("lookup_ids", _arrow(pl.DataFrame({"id": keys})))
+        self.con.register("lookup_ids", arrow_view(pl.DataFrame({"id": keys})))
         try:
             return _utc(
                 self.con.sql(
@@ -139,7 +125,7 @@ class DuckLookup:
         """Every interaction of each source (all members, people and companies)."""
         self.con.register(
             "lookup_ids",
-            _arrow(pl.DataFrame({"id": sources})),
+            arrow_view(pl.DataFrame({"id": sources})),
         )
         try:
             return _utc(
@@ -152,7 +138,7 @@ class DuckLookup:
 
     def future_meetings(self, column: str, ids: pl.Series, after: datetime) -> pl.DataFrame:
         assert column in ("person_id", "company_id")
-        self.con.register("lookup_ids", _arrow(pl.DataFrame({"id": ids})))
+        self.con.register("lookup_ids", arrow_view(pl.DataFrame({"id": ids})))
         sql = (
             f"SELECT {column}, \"at\" FROM interactions WHERE kind = 'meeting' "
             f'AND "at" > ? AND {column} IN (SELECT id FROM lookup_ids)'
@@ -176,7 +162,7 @@ def apply_delta(
         for name, keys in staged.deletes.items():
             if keys.is_empty():
                 continue
-            con.register("delete_keys", _arrow(keys.unique()))
+            con.register("delete_keys", arrow_view(keys.unique()))
             match = " AND ".join(f't."{c}" = k."{c}"' for c in keys.columns)
             con.execute(f'DELETE FROM "{name}" t USING delete_keys k WHERE {match}')
             con.unregister("delete_keys")
@@ -196,7 +182,7 @@ def apply_delta(
 def _insert(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> int:
     if frame.is_empty():
         return 0
-    con.register("staged_frame", _arrow(frame))
+    con.register("staged_frame", arrow_view(frame))
     con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM staged_frame')
     con.unregister("staged_frame")
     return frame.height
@@ -206,10 +192,4 @@ def swap_in(tmp: Path, con: duckdb.DuckDBPyConnection, warehouse: Path) -> None:
     """Checkpoint, fsync and rename the finished copy over the live file."""
     con.execute("CHECKPOINT")
     con.close()
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, warehouse)
-    fsync_dir(warehouse.parent)
+    swap_file(tmp, warehouse)

@@ -52,7 +52,7 @@ def read_previous(warehouse: Path, table: str) -> pl.DataFrame | None:
         con.close()
 
 
-def _arrow_view(frame: pl.DataFrame) -> Any:
+def arrow_view(frame: pl.DataFrame) -> Any:
     """The frame as an Arrow table over Polars' own buffers (no copy).
 
     Polars' default `to_arrow()` targets the oldest Arrow layout and copies every string
@@ -71,10 +71,7 @@ def publish(
     run_id: str,
 ) -> int:
     """Write every table into a fresh file and swap it in. Returns rows published."""
-    tmp = warehouse.with_name(f".{warehouse.name}.{run_id}.building")
-    # Half-built files of runs that died (the writer lock is held: none is in use).
-    for leftover in warehouse.parent.glob(f".{warehouse.name}.*.building*"):
-        leftover.unlink(missing_ok=True)
+    tmp = building_path(warehouse, run_id)
     rows = 0
     con = duckdb.connect(str(tmp))
     try:
@@ -88,7 +85,7 @@ def publish(
         # at 1M without gain: inserting tables concurrently from cursors (each cursor is its
         # own transaction), threads/memory_limit changes, WAL settings, CHECKPOINT vs close.
         for name, frame in {**tables, "sync_runs": sync_runs}.items():
-            con.register("staged_frame", _arrow_view(frame))
+            con.register("staged_frame", arrow_view(frame))
             con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM staged_frame")
             con.unregister("staged_frame")
             rows += frame.height
@@ -102,6 +99,20 @@ def publish(
         tmp.unlink(missing_ok=True)
         raise
     con.close()
+    swap_file(tmp, warehouse)
+    return rows
+
+
+def building_path(warehouse: Path, run_id: str) -> Path:
+    """Where a run builds its new file; half-built files of runs that died are removed
+    (the writer lock is held, so none is in use)."""
+    for leftover in warehouse.parent.glob(f".{warehouse.name}.*.building*"):
+        leftover.unlink(missing_ok=True)
+    return warehouse.with_name(f".{warehouse.name}.{run_id}.building")
+
+
+def swap_file(tmp: Path, warehouse: Path) -> None:
+    """fsync the finished file, rename it over the live one, fsync the folder."""
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -109,7 +120,6 @@ def publish(
         os.close(fd)
     os.replace(tmp, warehouse)
     fsync_dir(warehouse.parent)
-    return rows
 
 
 def query_readonly(

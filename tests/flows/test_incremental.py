@@ -216,6 +216,7 @@ def test_a_crash_in_an_incremental_publish_then_a_rerun_equals_a_clean_run(
     tmp_path, monkeypatch, crash_in
 ):
     import warehouse.delta as delta_mod
+    import warehouse.publish as publish_mod
 
     delta = [Mail("d1", "ann@globex.com", [ALICE], at="2026-06-01T12:00:00")]
     snaps = []
@@ -227,7 +228,7 @@ def test_a_crash_in_an_incremental_publish_then_a_rerun_equals_a_clean_run(
         if crash:
             before = snapshot(home.warehouse)
             target, name = (
-                (delta_mod, "_insert") if crash_in == "apply" else (delta_mod.os, "replace")
+                (delta_mod, "_insert") if crash_in == "apply" else (publish_mod.os, "replace")
             )
             with monkeypatch.context() as m:
                 m.setattr(target, name, lambda *a, **k: (_ for _ in ()).throw(Crash(crash_in)))
