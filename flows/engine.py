@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -500,6 +501,13 @@ def build_and_publish(
         run_id=run_id, status="published", stats=stats, mode=mode, fallback_reason=reason
     )
     gate_summary: list[dict[str, Any]] = []
+    writing = None
+    if not isinstance(delta, str):
+        # The copy is written while the gate runs (DuckDB releases the GIL); it is swapped
+        # in only if the gate passes.
+        writing = ThreadPoolExecutor(max_workers=1)
+        written = writing.submit(delta.write, whole)
+        writing.shutdown(wait=False)
     if validate:
         t0 = time.perf_counter()
         internal, _ = internal_sets(frames)
@@ -508,6 +516,7 @@ def build_and_publish(
         gate_summary = gate.results
         if not gate.success:
             if not isinstance(delta, str):
+                wait([written])
                 delta.discard()
             result.status, result.failures = "failed_expectations", gate.failures()
             append_run(
@@ -538,7 +547,7 @@ def build_and_publish(
         published_rows = delta.row_count()
         run_row["rows_published"] = published_rows
         append_run(home, run_row)
-        delta.publish({**whole, "sync_runs": load_runs(home)})
+        delta.finish(written, load_runs(home))
     timings["publish_s"] = round(time.perf_counter() - t0, 3)
     result.rows_published = published_rows
     result.timings = timings
@@ -571,13 +580,20 @@ class _DeltaRun:
         frames = [*self.staged.replace.values(), *self.staged.append.values()]
         return sum(f.height for f in frames)
 
-    def publish(self, whole_tables: dict[str, pl.DataFrame]) -> None:
-        from warehouse.delta import apply_delta, swap_in
+    def write(self, whole_tables: dict[str, pl.DataFrame]) -> None:
+        from warehouse.delta import apply_delta
+
+        apply_delta(self.con, self.staged, whole_tables, self.new_files)
+
+    def finish(self, written: Future[None], sync_runs: pl.DataFrame) -> None:
+        """Wait for the write, add the run log, swap the copy in."""
+        from warehouse.delta import replace_table, swap_in
 
         try:
-            apply_delta(self.con, self.staged, whole_tables, self.new_files)
+            written.result()
+            replace_table(self.con, "sync_runs", sync_runs)
             swap_in(self.tmp, self.con, self.home.warehouse)
-        except Exception:
+        except BaseException:
             self.discard()
             raise
 

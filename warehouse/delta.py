@@ -179,6 +179,18 @@ def apply_delta(
     return rows
 
 
+def replace_table(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> None:
+    """One small table rewritten whole, in its own transaction."""
+    con.execute("BEGIN")
+    try:
+        con.execute(f'DELETE FROM "{name}"')
+        _insert(con, name, frame)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
 def _insert(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> int:
     if frame.is_empty():
         return 0
