@@ -236,8 +236,15 @@ def build_delta(
     people, companies, person_merges = finish_records(
         people, frames, internal_domains, previous.companies, previous.person_merges, last_used
     )
-    if person_merges.height != previous.person_merges.height:
-        raise Fallback("new duplicate records to merge")
+    # A record created by this delta may fold into an existing one (its rows below map
+    # to the survivor); folding records that already had rows would move history.
+    folded = person_merges.join(previous.person_merges, on="merged_id", how="anti")
+    if folded.join(new_people, left_on="merged_id", right_on="person_id", how="anti").height:
+        raise Fallback("existing records to merge")
+    if folded.height:
+        kept = previous.person_merges.join(person_merges, on=list(person_merges.columns))
+        if kept.height != previous.person_merges.height:
+            raise Fallback("earlier merges moved to a new survivor")
     moved = people.join(previous.people.select("person_id", "company_id"), on="person_id").filter(
         pl.col("company_id").ne_missing(pl.col("company_id_right"))
     )
@@ -259,7 +266,12 @@ def build_delta(
             frames,
         ),
     )
-    promoted = person_key_map(new_people)
+    # Keys of the new records, mapped to whoever holds them after merges.
+    promoted = (
+        person_key_map(new_people)
+        .select("canonical_key")
+        .join(person_key_map(people), on="canonical_key")
+    )
     history_rows = (
         lookup.contact_history(promoted["canonical_key"])
         .join(promoted, on="canonical_key")
