@@ -109,8 +109,16 @@ def dedupe_interactions(rows: pl.LazyFrame) -> pl.LazyFrame:
     A hash group-by with order-free aggregates: deterministic without a global sort.
     """
     ranked = rows.with_columns(_rank=pl.col("kind").replace_strict(KIND_RANK, return_dtype=pl.Int8))
-    return (
-        ranked.group_by("member_id", "person_id", "source_key")
+    # Nearly every key occurs once: find repeats on a 64-bit hash of the key (a collision
+    # only sends a row down the exact path) and group the strings of those rows alone.
+    repeat = pl.struct("member_id", "person_id", "source_key").hash(seed=11).is_duplicated()
+    ranked = ranked.with_columns(_repeat=repeat)
+    cols = ["member_id", "person_id", "source_key", "account_id", "at", "weight", "kind"]
+    single = ranked.filter(~pl.col("_repeat")).select(cols)
+    grouped = (
+        ranked.filter(pl.col("_repeat"))
+        .drop("_repeat")
+        .group_by("member_id", "person_id", "source_key")
         .agg(
             _rank=pl.min("_rank"),
             account_id=pl.min("account_id"),
@@ -122,8 +130,9 @@ def dedupe_interactions(rows: pl.LazyFrame) -> pl.LazyFrame:
                 {v: k for k, v in KIND_RANK.items()}, return_dtype=pl.String
             )
         )
-        .drop("_rank")
+        .select(cols)
     )
+    return pl.concat([single, grouped])
 
 
 def decay(age_days: pl.Expr) -> pl.Expr:

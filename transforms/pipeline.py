@@ -44,7 +44,7 @@ from transforms.records import (
     name_counts,
     person_candidates,
 )
-from transforms.rules import split_blocked, with_direction, with_internal_flag
+from transforms.rules import message_key, split_blocked, with_direction, with_internal_flag
 
 TS = pl.Datetime("us", "UTC")
 # Columns of participant-like rows (mail participants, event attendees) used for names.
@@ -313,11 +313,10 @@ def build(
 
 def last_used_by_address(visible: pl.LazyFrame, vparts: pl.LazyFrame) -> pl.LazyFrame:
     """When each address last appeared on visible mail (linking prefers the latest)."""
+    key = message_key(visible, vparts)
     return (
-        vparts.join(
-            visible.select("account_id", "message_id", "sent_at"),
-            on=["account_id", "message_id"],
-        )
+        vparts.select(*key, "email")
+        .join(visible.select(*key, "sent_at"), on=key)
         .group_by("email")
         .agg(last_used_at=pl.max("sent_at"))
     )

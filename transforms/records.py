@@ -11,7 +11,7 @@ import hashlib
 import polars as pl
 from nameparser import HumanName
 
-from transforms.rules import is_automated_address, is_list_mail
+from transforms.rules import is_automated_address, is_list_mail, message_key
 
 PERSON_ROLES_SENT = ("to", "cc")
 PERSON_ROLES_RECEIVED = ("from", "to", "cc")
@@ -90,9 +90,10 @@ def person_candidates(
     msgs = messages.join(blocked_threads, on=["account_id", "thread_id"], how="anti")
     if exclude_list_mail:
         msgs = msgs.filter(~is_list_mail())
-    msgs = msgs.select("account_id", "message_id", "direction", "sent_at")
+    key = message_key(msgs, participants)
+    msgs = msgs.select(*key, "direction", "sent_at")
     rows = participants.filter(pl.col("valid") & ~pl.col("internal")).join(
-        msgs, on=["account_id", "message_id"], how="inner"
+        msgs, on=key, how="inner"
     )
     automated = (
         is_automated_address(automated_pattern) if automated_pattern else (is_automated_address())

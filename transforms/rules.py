@@ -71,21 +71,30 @@ def split_blocked(
     return visible, visible_parts, blocked_threads
 
 
+def message_key(messages: pl.LazyFrame, participants: pl.LazyFrame) -> list[str]:
+    """Join messages and participants on the integer `_mid` when both carry it."""
+    both = "_mid" in messages.collect_schema().names() and (
+        "_mid" in participants.collect_schema().names()
+    )
+    return ["_mid"] if both else ["account_id", "message_id"]
+
+
 def with_direction(
     messages: pl.LazyFrame, participants: pl.LazyFrame, account_addresses: pl.DataFrame
 ) -> pl.LazyFrame:
     """direction = sent when the From is any address of the account's member, or SENT label."""
+    key = message_key(messages, participants)
     senders = participants.filter(pl.col("role") == "from").select(
-        "account_id", "message_id", "email"
+        *dict.fromkeys([*key, "account_id"]), "email"
     )
     own = account_addresses.lazy().select("account_id", email=pl.col("address"))
     sent_by_member = (
         senders.join(own, on=["account_id", "email"], how="semi")
-        .select("account_id", "message_id", _sent=pl.lit(True))
+        .select(*key, _sent=pl.lit(True))
         .unique()
     )
     return (
-        messages.join(sent_by_member, on=["account_id", "message_id"], how="left")
+        messages.join(sent_by_member, on=key, how="left")
         .with_columns(
             direction=pl.when(
                 pl.col("_sent").fill_null(False) | pl.col("labels").list.contains("SENT")
