@@ -251,3 +251,32 @@ def test_a_crash_in_an_incremental_publish_then_a_rerun_equals_a_clean_run(
         assert not list(home.root.glob(".*.building*"))  # no half-built copy left behind
         snaps.append(snapshot(home.warehouse))
     assert_same_warehouse(*snaps)
+
+
+def test_the_gate_checks_an_incremental_run_and_a_failure_publishes_nothing(tmp_path, monkeypatch):
+    import hashlib
+
+    import polars as pl
+
+    import transforms.incremental as incremental
+
+    box, home = sandbox_home(tmp_path)
+    box.land(ALICE, HISTORY)
+    publish(home, AS_OF)
+    before = hashlib.sha256(home.warehouse.read_bytes()).hexdigest()
+    box.land(ALICE, [Mail("d1", "ann@globex.com", [ALICE], at="2026-06-01T12:00:00")])
+    real = incremental.build_delta
+
+    def orphaned(*args, **kwargs):
+        staged = real(*args, **kwargs)
+        rows = staged.gate_tables["interactions"].with_columns(person_id=pl.lit("per_ghost"))
+        staged.gate_tables["interactions"] = rows
+        staged.append["interactions"] = rows
+        return staged
+
+    monkeypatch.setattr(incremental, "build_delta", orphaned)
+    out = build_and_publish(home, new_run_id(), AS_OF, [], datetime.now(UTC))
+    assert (out.mode, out.status) == ("incremental", "failed_expectations")
+    assert {f["table"] for f in out.failures} == {"interactions_person_missing"}
+    assert hashlib.sha256(home.warehouse.read_bytes()).hexdigest() == before
+    assert not list(home.root.glob(".*.building*"))
