@@ -368,14 +368,14 @@ def _carried_forward(
 
 def _previous_key_map(previous: pl.DataFrame | None) -> pl.DataFrame:
     """canonical key -> person id for every address of every previous person."""
-    from transforms.addresses import canonical_key  # per distinct address, not per row
+    from transforms.addresses import normalise_addresses  # vectorised, per distinct address
 
     if previous is None or previous.is_empty():
         return pl.DataFrame(schema={"canonical_key": pl.String, "person_id": pl.String})
-    exploded = previous.select("person_id", email="email_addresses").explode("email").drop_nulls()
-    keys = [canonical_key(e) for e in exploded["email"].to_list()]
+    exploded = previous.select("person_id", address="email_addresses").explode("address")
     return (
-        exploded.with_columns(canonical_key=pl.Series(keys, dtype=pl.String))
+        normalise_addresses(exploded.drop_nulls().lazy(), "address")
+        .collect()
         .drop_nulls("canonical_key")
         .sort("person_id")
         .unique("canonical_key", keep="first", maintain_order=True)
