@@ -501,13 +501,12 @@ def build_and_publish(
         run_id=run_id, status="published", stats=stats, mode=mode, fallback_reason=reason
     )
     gate_summary: list[dict[str, Any]] = []
-    writing = None
     if not isinstance(delta, str):
         # The copy is written while the gate runs (DuckDB releases the GIL); it is swapped
         # in only if the gate passes.
-        writing = ThreadPoolExecutor(max_workers=1)
-        written = writing.submit(delta.write, whole)
-        writing.shutdown(wait=False)
+        writer = ThreadPoolExecutor(max_workers=1)
+        written = writer.submit(delta.write, whole)
+        writer.shutdown(wait=False)
     if validate:
         t0 = time.perf_counter()
         internal, _ = internal_sets(frames)
@@ -638,9 +637,10 @@ def _stage_delta(home: Home, frames: WorkspaceFrames, fp: str, run_id: str) -> _
     except Fallback as why:
         discard(tmp, con)
         return str(why)
-    except Exception:
+    except Exception as exc:  # the full build is the reference: a sync still completes
         discard(tmp, con)
-        raise
+        log.warning("incremental build failed, building in full", exc_info=True)
+        return f"incremental build failed ({type(exc).__name__}: {exc})"
     new_rel = [rel for files in current.values() for _, rel in files if rel not in seen]
     return _DeltaRun(staged, tmp, con, home, new_rel)
 

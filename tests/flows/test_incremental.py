@@ -280,3 +280,22 @@ def test_the_gate_checks_an_incremental_run_and_a_failure_publishes_nothing(tmp_
     assert {f["table"] for f in out.failures} == {"interactions_person_missing"}
     assert hashlib.sha256(home.warehouse.read_bytes()).hexdigest() == before
     assert not list(home.root.glob(".*.building*"))
+
+
+def test_an_error_in_the_incremental_path_falls_back_to_a_full_build(tmp_path, monkeypatch):
+    import transforms.incremental as incremental
+
+    box, home = sandbox_home(tmp_path)
+    box.land(ALICE, HISTORY)
+    publish(home, AS_OF)
+    box.land(ALICE, [Mail("d1", "ann@globex.com", [ALICE], at="2026-06-01T12:00:00")])
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(incremental, "build_delta", broken)
+    out = publish(home, AS_OF)
+    assert out.mode == "full"
+    assert out.fallback_reason == "incremental build failed (ValueError: a bug)"
+    assert not list(home.root.glob(".*.building*"))
+    assert_equals_full_rebuild(home, AS_OF)
