@@ -15,7 +15,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -608,9 +607,8 @@ def _stage_delta(home: Home, frames: WorkspaceFrames, fp: str, run_id: str) -> _
         return "RAPPORT_INCREMENTAL=0"
     if not home.warehouse.exists():
         return "no published warehouse yet"
-    from connectors import lake
     from transforms.incremental import Fallback, build_delta
-    from transforms.pipeline import LAKE_TABLES
+    from transforms.pipeline import lake_file_id, lake_files
     from warehouse.delta import DuckLookup, discard, open_copy, read_state
 
     tmp, con = open_copy(home.warehouse, run_id)
@@ -621,18 +619,11 @@ def _stage_delta(home: Home, frames: WorkspaceFrames, fp: str, run_id: str) -> _
         previous, seen = state
         if previous.fingerprint != fp:
             raise Fallback("settings, accounts or blocklist changed")
-        root = home.lake.resolve()
-        live = frames.accounts.filter(pl.col("status") != "removed")["account_id"].to_list()
-        current = {
-            t: [
-                (f, os.path.relpath(Path(f).resolve(), root)) for f in lake.glob(home.lake, t, live)
-            ]
-            for t in LAKE_TABLES
-        }
-        rel_now = {rel for files in current.values() for _, rel in files}
-        if not seen <= rel_now:
+        current = lake_files(home.lake, frames)
+        ids = {f: lake_file_id(home.lake, f) for files in current.values() for f in files}
+        if not seen <= set(ids.values()):
             raise Fallback("lake files were rewritten (compaction or purge)")
-        new = {t: [f for f, rel in files if rel not in seen] for t, files in current.items()}
+        new = {t: [f for f in files if ids[f] not in seen] for t, files in current.items()}
         staged = build_delta(frames, previous, new, DuckLookup(con))
     except Fallback as why:
         discard(tmp, con)
@@ -641,8 +632,7 @@ def _stage_delta(home: Home, frames: WorkspaceFrames, fp: str, run_id: str) -> _
         discard(tmp, con)
         log.warning("incremental build failed, building in full", exc_info=True)
         return f"incremental build failed ({type(exc).__name__}: {exc})"
-    new_rel = [rel for files in current.values() for _, rel in files if rel not in seen]
-    return _DeltaRun(staged, tmp, con, home, new_rel)
+    return _DeltaRun(staged, tmp, con, home, [ids[f] for files in new.values() for f in files])
 
 
 def workspace_tables(ws: Workspace) -> dict[str, pl.DataFrame]:

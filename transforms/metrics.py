@@ -25,6 +25,8 @@ from datetime import datetime
 
 import polars as pl
 
+from transforms.rules import message_key
+
 HALF_LIFE_FAST_DAYS = 45.0
 HALF_LIFE_SLOW_DAYS = 365.0
 FAST_SHARE = 0.8
@@ -66,11 +68,7 @@ def email_interactions(
     accounts: pl.DataFrame,
 ) -> pl.LazyFrame:
     """One row per (member, person, message): sent mail to the person or received mail."""
-    # Join on the integer message key when the pipeline attached one (`_mid`).
-    with_mid = "_mid" in messages.collect_schema().names() and (
-        "_mid" in participants.collect_schema().names()
-    )
-    key = ["_mid"] if with_mid else ["account_id", "message_id"]
+    key = message_key(messages, participants)
     msgs = messages.select(*key, "direction", "sent_at", source_key=source_key())
     parts = (
         participants.filter(pl.col("valid") & ~pl.col("internal"))
@@ -133,13 +131,6 @@ def dedupe_interactions(rows: pl.LazyFrame) -> pl.LazyFrame:
         .select(cols)
     )
     return pl.concat([single, grouped])
-
-
-def decay(age_days: pl.Expr) -> pl.Expr:
-    age = age_days.clip(lower_bound=0.0)
-    return FAST_SHARE * (2.0 ** (-age / HALF_LIFE_FAST_DAYS)) + (1 - FAST_SHARE) * (
-        2.0 ** (-age / HALF_LIFE_SLOW_DAYS)
-    )
 
 
 def strength_band(score: pl.Expr) -> pl.Expr:

@@ -94,6 +94,17 @@ def scan(lake_dir: Path, table: str, account_ids: list[str]) -> pl.LazyFrame:
     return scan_files(lake.glob(lake_dir, table, account_ids), table)
 
 
+def lake_files(lake_dir: Path, frames: WorkspaceFrames) -> dict[str, list[str]]:
+    """The Parquet files of every lake table, for the accounts not removed."""
+    live = frames.accounts.filter(pl.col("status") != "removed")["account_id"].to_list()
+    return {t: lake.glob(lake_dir, t, live) for t in LAKE_TABLES}
+
+
+def lake_file_id(lake_dir: Path, path: str) -> str:
+    """A lake file as the build state records it: relative to the lake."""
+    return os.path.relpath(path, lake_dir)
+
+
 def scan_files(files: list[str], table: str) -> pl.LazyFrame:
     schema = pl.Schema(pl.from_arrow(lake.TABLES[table].empty_table()).schema)
     if not files:
@@ -116,8 +127,6 @@ def state_tables(
 
     Kept inside the warehouse file, so state and tables are swapped in together.
     """
-    root = str(lake_dir.resolve())
-    paths = [str(Path(f).resolve()) for fs in files.values() for f in fs]
     return {
         "_rapport_name_counts": counts.select("canonical_key", "email", "name", "n"),
         "_rapport_last_used": last_used.select("email", "last_used_at"),
@@ -126,7 +135,8 @@ def state_tables(
         "_rapport_contact_history": contact_history,
         "_rapport_name_parts": name_parts,
         "_rapport_lake_files": pl.DataFrame(
-            {"path": [os.path.relpath(p, root) for p in paths]}, schema={"path": pl.String}
+            {"path": [lake_file_id(lake_dir, f) for fs in files.values() for f in fs]},
+            schema={"path": pl.String},
         ),
     }
 
@@ -195,11 +205,10 @@ def build(
     previous_merges: pl.DataFrame | None = None,
 ) -> Staged:
     lap = Laps()
-    account_ids = frames.accounts.filter(pl.col("status") != "removed")["account_id"].to_list()
     internal_addresses, internal_domains = internal_sets(frames)
 
     # --- current state of the lake
-    files = {t: lake.glob(lake_dir, t, account_ids) for t in LAKE_TABLES}
+    files = lake_files(lake_dir, frames)
     raw_msgs = scan_files(files["messages"], "messages")
     msgs = current_messages(raw_msgs).collect().with_row_index("_mid")
     parts = current_participants(scan_files(files["participants"], "participants"), msgs.lazy())

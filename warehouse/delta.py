@@ -104,16 +104,7 @@ class DuckLookup:
             self.con.unregister("lookup_keys")
 
     def contact_history(self, keys: pl.Series) -> pl.DataFrame:
-        self.con.register("lookup_ids", arrow_view(pl.DataFrame({"id": keys})))
-        try:
-            return _utc(
-                self.con.sql(
-                    "SELECT * FROM _rapport_contact_history "
-                    "WHERE canonical_key IN (SELECT id FROM lookup_ids)"
-                ).pl()
-            )
-        finally:
-            self.con.unregister("lookup_ids")
+        return self._where_in("SELECT * FROM _rapport_contact_history", "canonical_key", keys)
 
     def rows_between(self, ranges: list[tuple[datetime, datetime]]) -> pl.DataFrame:
         """Interactions with `at` in any (lo, hi] range."""
@@ -123,28 +114,22 @@ class DuckLookup:
 
     def rows_with_sources(self, sources: pl.Series) -> pl.DataFrame:
         """Every interaction of each source (all members, people and companies)."""
-        self.con.register(
-            "lookup_ids",
-            arrow_view(pl.DataFrame({"id": sources})),
-        )
-        try:
-            return _utc(
-                self.con.sql(
-                    "SELECT * FROM interactions WHERE source_key IN (SELECT id FROM lookup_ids)"
-                ).pl()
-            )
-        finally:
-            self.con.unregister("lookup_ids")
+        return self._where_in("SELECT * FROM interactions", "source_key", sources)
 
     def future_meetings(self, column: str, ids: pl.Series, after: datetime) -> pl.DataFrame:
         assert column in ("person_id", "company_id")
+        select = f'SELECT {column}, "at" FROM interactions WHERE kind = \'meeting\' AND "at" > ?'
+        return self._where_in(select, column, ids, [after])
+
+    def _where_in(
+        self, select: str, column: str, ids: pl.Series, params: list[object] | None = None
+    ) -> pl.DataFrame:
+        """Rows of `select` whose `column` is one of `ids` (handed over as Arrow, not SQL)."""
+        joiner = " AND " if " WHERE " in select else " WHERE "
         self.con.register("lookup_ids", arrow_view(pl.DataFrame({"id": ids})))
-        sql = (
-            f"SELECT {column}, \"at\" FROM interactions WHERE kind = 'meeting' "
-            f'AND "at" > ? AND {column} IN (SELECT id FROM lookup_ids)'
-        )
         try:
-            return _utc(self.con.sql(sql, params=[after]).pl())
+            sql = f"{select}{joiner}{column} IN (SELECT id FROM lookup_ids)"
+            return _utc(self.con.sql(sql, params=params or []).pl())
         finally:
             self.con.unregister("lookup_ids")
 
