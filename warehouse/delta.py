@@ -17,7 +17,7 @@ import duckdb
 import polars as pl
 
 from transforms.incremental import DeltaStaged, Previous
-from warehouse.publish import arrow_view, building_path, swap_file
+from warehouse.publish import arrow_view, building_path, insert_frame, swap_file
 
 STATE_TABLES = (
     "_rapport_build",
@@ -153,10 +153,10 @@ def apply_delta(
             con.unregister("delete_keys")
         for name, frame in {**staged.replace, **whole_tables}.items():
             con.execute(f'DELETE FROM "{name}"')
-            rows += _insert(con, name, frame)
+            rows += insert_frame(con, name, frame)
         files = pl.DataFrame({"path": new_lake_files}, schema={"path": pl.String})
         for name, frame in {**staged.append, "_rapport_lake_files": files}.items():
-            rows += _insert(con, name, frame)
+            rows += insert_frame(con, name, frame)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
@@ -169,20 +169,11 @@ def replace_table(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame
     con.execute("BEGIN")
     try:
         con.execute(f'DELETE FROM "{name}"')
-        _insert(con, name, frame)
+        insert_frame(con, name, frame)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
         raise
-
-
-def _insert(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> int:
-    if frame.is_empty():
-        return 0
-    con.register("staged_frame", arrow_view(frame))
-    con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM staged_frame')
-    con.unregister("staged_frame")
-    return frame.height
 
 
 def swap_in(tmp: Path, con: duckdb.DuckDBPyConnection, warehouse: Path) -> None:

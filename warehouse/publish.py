@@ -64,6 +64,16 @@ def arrow_view(frame: pl.DataFrame) -> Any:
     return frame.to_arrow(compat_level=pl.CompatLevel.newest())
 
 
+def insert_frame(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> int:
+    """Append a frame to a table by column name. Returns rows inserted."""
+    if frame.is_empty():
+        return 0
+    con.register("staged_frame", arrow_view(frame))
+    con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM staged_frame')
+    con.unregister("staged_frame")
+    return frame.height
+
+
 def publish(
     warehouse: Path,
     tables: dict[str, pl.DataFrame],
@@ -85,10 +95,7 @@ def publish(
         # at 1M without gain: inserting tables concurrently from cursors (each cursor is its
         # own transaction), threads/memory_limit changes, WAL settings, CHECKPOINT vs close.
         for name, frame in {**tables, "sync_runs": sync_runs}.items():
-            con.register("staged_frame", arrow_view(frame))
-            con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM staged_frame")
-            con.unregister("staged_frame")
-            rows += frame.height
+            rows += insert_frame(con, name, frame)
         con.execute(sql_text("messages_for.sql"))
         for view in view_sql():
             con.execute(view)

@@ -239,7 +239,7 @@ def test_a_crash_in_an_incremental_publish_then_a_rerun_equals_a_clean_run(
         if crash:
             before = snapshot(home.warehouse)
             target, name = (
-                (delta_mod, "_insert") if crash_in == "apply" else (publish_mod.os, "replace")
+                (delta_mod, "insert_frame") if crash_in == "apply" else (publish_mod.os, "replace")
             )
             with monkeypatch.context() as m:
                 m.setattr(target, name, lambda *a, **k: (_ for _ in ()).throw(Crash(crash_in)))
