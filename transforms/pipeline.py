@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 
 from connectors import lake
 from transforms.addresses import domain_table, normalise_addresses
@@ -495,34 +496,40 @@ def message_flags_table(visible: pl.DataFrame, vparts: pl.DataFrame) -> pl.DataF
 def messages_table(visible: pl.DataFrame, vparts: pl.DataFrame) -> pl.DataFrame:
     """The contract `messages` table (no blocked mail, ever)."""
     addr = pl.coalesce("email", pl.col("address").str.to_lowercase())
-    role = pl.col("role")
-    lists = (
-        vparts.lazy()
-        .group_by("_mid")  # one integer per message, attached when participants were read
-        .agg(
-            from_email=addr.filter(role == "from").first(),
-            # In no guaranteed order (participant rows come through hash joins); sorting
-            # here would triple this step's cost at a million messages.
-            to_emails=addr.filter(role == "to"),
-            cc_emails=addr.filter(role == "cc"),
-        )
+    n = int(visible["_mid"].max()) + 1 if visible.height else 0
+    lists = {
+        f"{role}_emails": lists_by_row(vparts.filter(pl.col("role") == role), addr, n)
+        for role in ("from", "to", "cc")
+    }
+    if not visible["_mid"].equals(pl.int_range(n, dtype=pl.UInt32, eager=True), check_names=False):
+        lists = {name: values.gather(visible["_mid"]) for name, values in lists.items()}
+    return visible.select(
+        message_key=pl.concat_str(["account_id", "message_id"], separator=":"),
+        account_id="account_id",
+        thread_id="thread_id",
+        rfc_message_id="rfc_message_id",
+        sent_at="sent_at",
+        direction="direction",
+        subject="subject",
+        snippet="snippet",
+        body_text="body_text",
+        from_email=lists["from_emails"].list.first(),
+        # In participant order, which is not guaranteed: sorting would triple the step.
+        to_emails=lists["to_emails"],
+        cc_emails=lists["cc_emails"],
     )
-    return (
-        visible.lazy()
-        .join(lists, on="_mid", how="left")
-        .select(
-            message_key=pl.concat_str(["account_id", "message_id"], separator=":"),
-            account_id="account_id",
-            thread_id="thread_id",
-            rfc_message_id="rfc_message_id",
-            sent_at="sent_at",
-            direction="direction",
-            subject="subject",
-            snippet="snippet",
-            body_text="body_text",
-            from_email="from_email",
-            to_emails=pl.col("to_emails").fill_null([]),
-            cc_emails=pl.col("cc_emails").fill_null([]),
-        )
-        .collect()
-    )
+
+
+def lists_by_row(rows: pl.DataFrame, value: pl.Expr, n: int) -> pl.Series:
+    """The values of `rows` as one list per `_mid` 0..n-1 (empty where none).
+
+    Built from offsets over rows ordered by `_mid` (landing order already is), not by a
+    group-by plus join: 1.5 s -> 0.5 s for the messages table at a million messages.
+    """
+    narrow = rows.select("_mid", _value=value)
+    if not narrow["_mid"].is_sorted():
+        narrow = narrow.sort("_mid")
+    bounds = pl.int_range(n + 1, dtype=pl.UInt32, eager=True)
+    offsets = narrow["_mid"].search_sorted(bounds, side="left").cast(pl.Int64)
+    values = narrow["_value"].to_arrow(compat_level=pl.CompatLevel.newest())
+    return pl.Series(pa.LargeListArray.from_arrays(offsets.to_arrow(), values))

@@ -92,13 +92,16 @@ def person_candidates(
         msgs = msgs.filter(~is_list_mail())
     key = message_key(msgs, participants)
     msgs = msgs.select(*key, "direction", "sent_at")
-    rows = participants.filter(pl.col("valid") & ~pl.col("internal")).join(
-        msgs, on=key, how="inner"
-    )
     automated = (
         is_automated_address(automated_pattern) if automated_pattern else (is_automated_address())
     )
-    rows = rows.filter(~automated)
+    # The pattern is matched once per distinct address, not once per participant row.
+    machines = (
+        participants.select(pl.col("email").drop_nulls().unique()).filter(automated).collect()
+    )
+    rows = participants.filter(
+        pl.col("valid") & ~pl.col("internal") & ~pl.col("email").is_in(machines["email"].implode())
+    ).join(msgs, on=key, how="inner")
     sent = rows.filter((pl.col("direction") == "sent") & pl.col("role").is_in(PERSON_ROLES_SENT))
     received = rows.filter(
         (pl.col("direction") == "received") & pl.col("role").is_in(PERSON_ROLES_RECEIVED)
