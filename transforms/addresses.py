@@ -124,12 +124,24 @@ def normalise_addresses(lf: pl.LazyFrame, column: str = "address") -> pl.LazyFra
     Invalid addresses keep their row with `valid = false` and null derived columns,
     so they can be counted and reported but never become records. The string work runs
     once per distinct address (tens of thousands) and is joined back onto the rows
-    (millions).
+    (millions) on a 64-bit hash of the address; a second hash must agree on every row,
+    else (a collision) the exact join on the strings runs instead.
     """
-    distinct = lf.select(pl.col(column).unique().drop_nulls()).collect()
+    rows = lf.collect()
+    hashes = rows.select(_h=pl.col(column).hash(seed=31), _check=pl.col(column).hash(seed=47))
+    firsts = hashes.with_row_index("_row").unique("_h", keep="any")["_row"]
+    distinct = rows.select(pl.col(column).gather(firsts)).drop_nulls()
     table = address_table(distinct.lazy(), column).collect()
-    return lf.join(table.lazy(), on=column, how="left").with_columns(
-        pl.col("valid").fill_null(False)
+    keyed = table.with_columns(
+        _h=pl.col(column).hash(seed=31), _check_table=pl.col(column).hash(seed=47)
+    ).drop(column)
+    out = pl.concat([rows, hashes], how="horizontal").join(keyed, on="_h", how="left")
+    if (out["_check"] != out["_check_table"]).any():
+        out = rows.join(table, on=column, how="left")
+    return (
+        out.drop("_h", "_check", "_check_table", strict=False)
+        .with_columns(pl.col("valid").fill_null(False))
+        .lazy()
     )
 
 
