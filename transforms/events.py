@@ -122,7 +122,7 @@ def meeting_interactions(
         .join(accounts.lazy().select("account_id", "member_id"), on="account_id", how="inner")
         .select(
             "member_id",
-            "person_id",
+            *[c for c in person_keys.collect_schema().names() if c != "canonical_key"],
             "account_id",
             kind=pl.lit("meeting"),
             at="at",

@@ -67,38 +67,73 @@ def email_interactions(
     person_keys: pl.LazyFrame,
     accounts: pl.DataFrame,
 ) -> pl.LazyFrame:
-    """One row per (member, person, message): sent mail to the person or received mail."""
+    """One row per (member, person, message): sent mail to the person or received mail.
+
+    `person_keys` maps canonical_key -> person_id, plus any other per-person columns
+    (company_id), which the rows carry.
+    """
     key = message_key(messages, participants)
-    msgs = messages.select(*key, "direction", "sent_at", source_key=source_key())
+    members = dict(zip(accounts["account_id"], accounts["member_id"], strict=True))
+    # Everything per message is worked out on the million messages, not the rows.
+    msgs = messages.select(
+        *dict.fromkeys([*key, "account_id"]),
+        member_id=pl.col("account_id").replace_strict(members, default=None),
+        _sent=pl.col("direction") == "sent",
+        at="sent_at",
+        source_key=source_key(),
+    ).filter(pl.col("member_id").is_not_null())
     parts = (
         participants.filter(pl.col("valid") & ~pl.col("internal"))
-        .select(*dict.fromkeys(["account_id", *key]), "role", "canonical_key")
+        .select(*key, "role", "canonical_key")
         .join(person_keys, on="canonical_key", how="inner")  # people only, before the wide join
+        .drop("canonical_key")
     )
-    rows = (
-        parts.join(msgs, on=key, how="inner")
-        .filter((pl.col("direction") == "received") | (pl.col("role") != "from"))
-        .join(accounts.lazy().select("account_id", "member_id"), on="account_id", how="inner")
-        .select(
-            "member_id",
-            "person_id",
-            "account_id",
-            kind=pl.when(pl.col("direction") == "sent")
-            .then(pl.lit("email_sent"))
-            .otherwise(pl.lit("email_received")),
-            at="sent_at",
-            source_key="source_key",
-            # On received mail only the sender wrote to the member: co-recipients count
-            # as contact (first/last, counts) but add nothing to the strength score.
-            weight=pl.when((pl.col("direction") == "received") & (pl.col("role") != "from"))
-            .then(pl.lit(0.0))
-            .otherwise(pl.lit(1.0)),
-        )
+    if key == ["_mid"]:
+        rows = with_message_columns(parts.collect(), msgs.collect()).lazy()
+    else:
+        rows = parts.join(msgs, on=key, how="inner")
+    extra = [c for c in person_keys.collect_schema().names() if c not in ("canonical_key",)]
+    from_sender = pl.col("role") == "from"
+    return rows.filter(~pl.col("_sent") | ~from_sender).select(
+        "member_id",
+        *extra,
+        "account_id",
+        kind=pl.when("_sent").then(pl.lit("email_sent")).otherwise(pl.lit("email_received")),
+        at="at",
+        source_key="source_key",
+        # On received mail only the sender wrote to the member: co-recipients count
+        # as contact (first/last, counts) but add nothing to the strength score.
+        weight=pl.when(~pl.col("_sent") & ~from_sender).then(pl.lit(0.0)).otherwise(pl.lit(1.0)),
     )
-    return rows
+
+
+def with_message_columns(rows: pl.DataFrame, messages: pl.DataFrame) -> pl.DataFrame:
+    """Inner join of rows to messages on `_mid`, by position rather than by hashing.
+
+    `_mid` is the row number messages were read with, so messages sorted by it are found
+    by binary search (or directly, when none was filtered out): 0.5 s -> 0.1 s for
+    the 2.7M mail interaction rows of a million messages.
+    """
+    mids = messages["_mid"]
+    others = messages.drop("_mid")
+    if not mids.is_sorted() or messages.is_empty():
+        return rows.join(messages, on="_mid", how="inner")
+    dense = mids.equals(
+        pl.int_range(messages.height, dtype=mids.dtype, eager=True), check_names=False
+    )
+    if dense:
+        at = rows["_mid"]
+        found = at < messages.height
+    else:
+        at = mids.search_sorted(rows["_mid"], side="left").clip(upper_bound=messages.height - 1)
+        found = mids.gather(at) == rows["_mid"]
+    if not found.all():
+        rows, at = rows.filter(found), at.filter(found)
+    return pl.concat([rows.drop("_mid"), others.select(pl.all().gather(at))], how="horizontal")
 
 
 KIND_RANK = {"email_sent": 0, "meeting": 1, "email_received": 2}
+PER_PERSON_COLUMNS = ("company_id",)
 
 
 def dedupe_interactions(rows: pl.LazyFrame) -> pl.LazyFrame:
@@ -111,13 +146,16 @@ def dedupe_interactions(rows: pl.LazyFrame) -> pl.LazyFrame:
     # only sends a row down the exact path) and group the strings of those rows alone.
     repeat = pl.struct("member_id", "person_id", "source_key").hash(seed=11).is_duplicated()
     ranked = ranked.with_columns(_repeat=repeat)
-    cols = ["member_id", "person_id", "source_key", "account_id", "at", "weight", "kind"]
+    # Columns that follow from the person (company_id) ride along.
+    extra = [c for c in rows.collect_schema().names() if c in PER_PERSON_COLUMNS]
+    cols = ["member_id", "person_id", *extra, "source_key", "account_id", "at", "weight", "kind"]
     single = ranked.filter(~pl.col("_repeat")).select(cols)
     grouped = (
         ranked.filter(pl.col("_repeat"))
         .drop("_repeat")
         .group_by("member_id", "person_id", "source_key")
         .agg(
+            *[pl.first(c) for c in extra],
             _rank=pl.min("_rank"),
             account_id=pl.min("account_id"),
             at=pl.min("at"),

@@ -231,6 +231,9 @@ def build(
     del msgs, parts
 
     lap("blocklist_direction")
+    messages_out = messages_table(visible, vparts)
+    message_flags = message_flags_table(visible, vparts)
+    lap("messages_table")
     # --- 2. automatic record creation (+ canonical-address dedup by construction)
     erc_off = erc_off_intervals(frames.erc_toggles)
     candidates = person_candidates(
@@ -277,9 +280,6 @@ def build(
     ).collect()
 
     lap("company_metrics")
-    messages_out = messages_table(visible, vparts)
-    message_flags = message_flags_table(visible, vparts)
-    lap("messages_table")
     tables = {
         "people": people,
         "companies": companies,
@@ -432,18 +432,16 @@ def interaction_rows(
     frames: WorkspaceFrames,
 ) -> pl.DataFrame:
     """Deduplicated mail and meeting interactions with each person's company."""
+    # The company rides along with the key (28k rows), not joined onto millions of rows.
+    keys = person_keys.join(people.select("person_id", "company_id"), on="person_id", how="left")
     rows = dedupe_interactions(
         pl.concat(
             [
-                email_interactions(
-                    visible.lazy(), vparts.lazy(), person_keys.lazy(), frames.accounts
-                ),
-                meeting_interactions(
-                    events.lazy(), att.lazy(), person_keys.lazy(), frames.accounts
-                ),
+                email_interactions(visible.lazy(), vparts.lazy(), keys.lazy(), frames.accounts),
+                meeting_interactions(events.lazy(), att.lazy(), keys.lazy(), frames.accounts),
             ]
         )
-    ).join(people.lazy().select("person_id", "company_id"), on="person_id", how="left")
+    )
     return rows.select(list(INTERACTIONS_SCHEMA)).cast(INTERACTIONS_SCHEMA).collect()
 
 
