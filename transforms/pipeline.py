@@ -231,9 +231,6 @@ def build(
     del msgs, parts
 
     lap("blocklist_direction")
-    messages_out = messages_table(visible, vparts)
-    message_flags = message_flags_table(visible, vparts)
-    lap("messages_table")
     # --- 2. automatic record creation (+ canonical-address dedup by construction)
     erc_off = erc_off_intervals(frames.erc_toggles)
     candidates = person_candidates(
@@ -280,6 +277,9 @@ def build(
     ).collect()
 
     lap("company_metrics")
+    messages_out = messages_table(visible, vparts)
+    message_flags = message_flags_table(visible, vparts)
+    lap("messages_table")
     tables = {
         "people": people,
         "companies": companies,

@@ -61,16 +61,19 @@ CREATE TABLE person_merges (
     merged_at   TIMESTAMPTZ
 );
 
+-- Ids (hashes) and free text barely compress with DuckDB's light-weight codecs, which
+-- spend most of the publish analysing them; zstd is chosen outright. At a million
+-- messages: insert 1.34 s -> 0.95 s, and a smaller file (120 -> 93 MB).
 CREATE TABLE messages (
-    message_key    VARCHAR,
+    message_key    VARCHAR USING COMPRESSION zstd,
     account_id     VARCHAR NOT NULL,
-    thread_id      VARCHAR,
-    rfc_message_id VARCHAR,
+    thread_id      VARCHAR USING COMPRESSION zstd,
+    rfc_message_id VARCHAR USING COMPRESSION zstd,
     sent_at        TIMESTAMPTZ,
     direction      VARCHAR NOT NULL,
     subject        VARCHAR,
-    snippet        VARCHAR,
-    body_text      VARCHAR,
+    snippet        VARCHAR USING COMPRESSION zstd,
+    body_text      VARCHAR USING COMPRESSION zstd,
     from_email     VARCHAR,
     to_emails      VARCHAR[],
     cc_emails      VARCHAR[]
