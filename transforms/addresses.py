@@ -118,6 +118,11 @@ ADDRESS_COLUMNS = [
 ]
 
 
+def key_hash(columns: list[str], seed: int) -> pl.Expr:
+    """A 64-bit hash of the columns' values, for joins that check it with a second seed."""
+    return pl.struct(columns).hash(seed=seed)
+
+
 def normalise_addresses(lf: pl.LazyFrame, column: str = "address") -> pl.LazyFrame:
     """Add email (normalised), domain, registrable_domain, is_free_mail, canonical_key, valid.
 
@@ -128,16 +133,17 @@ def normalise_addresses(lf: pl.LazyFrame, column: str = "address") -> pl.LazyFra
     else (a collision) the exact join on the strings runs instead.
     """
     rows = lf.collect()
-    hashes = rows.select(_h=pl.col(column).hash(seed=31), _check=pl.col(column).hash(seed=47))
+    hashes = rows.select(_h=key_hash([column], 31), _check=key_hash([column], 47))
     firsts = hashes.with_row_index("_row").unique("_h", keep="any")["_row"]
     distinct = rows.select(pl.col(column).gather(firsts)).drop_nulls()
     table = address_table(distinct.lazy(), column).collect()
-    keyed = table.with_columns(
-        _h=pl.col(column).hash(seed=31), _check_table=pl.col(column).hash(seed=47)
-    ).drop(column)
+    keyed = table.with_columns(_h=key_hash([column], 31), _check_table=key_hash([column], 47)).drop(
+        column
+    )
     out = pl.concat([rows, hashes], how="horizontal").join(keyed, on="_h", how="left")
-    if (out["_check"] != out["_check_table"]).any():
-        out = rows.join(table, on=column, how="left")
+    if (out["_check"] != out["_check_table"]).any():  # a collision: the exact way
+        distinct = rows.select(pl.col(column).unique().drop_nulls())
+        out = rows.join(address_table(distinct.lazy(), column).collect(), on=column, how="left")
     return (
         out.drop("_h", "_check", "_check_table", strict=False)
         .with_columns(pl.col("valid").fill_null(False))

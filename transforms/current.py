@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from transforms import addresses
 from transforms.addresses import normalise_addresses
 
 MEMBER_ROLES = ("from", "to", "cc", "bcc", "reply_to")
@@ -70,7 +71,7 @@ def with_message_row(parts: pl.DataFrame, messages: pl.DataFrame) -> pl.DataFram
     cols = ["account_id", "message_id", "version"]
     if parts.is_empty() or messages.is_empty():
         return parts.join(messages.select(*cols, "_mid"), on=cols, how="inner")
-    key, check = pl.struct(cols).hash(seed=101), pl.struct(cols).hash(seed=202)
+    key, check = addresses.key_hash(cols, 101), addresses.key_hash(cols, 202)
     mids = messages.select(_key=key, _check=check, _mid="_mid")
     if mids["_key"].is_duplicated().any():  # a collision among current messages
         return parts.join(messages.select(*cols, "_mid"), on=cols, how="inner")

@@ -129,7 +129,7 @@ def with_message_columns(rows: pl.DataFrame, messages: pl.DataFrame) -> pl.DataF
         found = mids.gather(at) == rows["_mid"]
     if not found.all():
         rows, at = rows.filter(found), at.filter(found)
-    return pl.concat([rows.drop("_mid"), others.select(pl.all().gather(at))], how="horizontal")
+    return pl.concat([rows, others.select(pl.all().gather(at))], how="horizontal")
 
 
 KIND_RANK = {"email_sent": 0, "meeting": 1, "email_received": 2}

@@ -1,0 +1,175 @@
+"""The hash- and position-based joins of the full build give exactly the plain joins' answer.
+
+Each fast path is checked against the straightforward Polars join (or the scalar address
+twins) on random small frames, and the collision fallbacks are forced by a hash that
+makes every key collide.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from transforms import addresses
+from transforms.addresses import canonical_key, normalise_address, normalise_addresses
+from transforms.current import with_message_row
+from transforms.metrics import with_message_columns
+from transforms.pipeline import lists_by_row
+
+ADDRESS_POOL = [
+    "Ann@Example.com",
+    "ann+news@example.com",
+    "a.n.n@gmail.com",
+    "ann@googlemail.com",
+    "bob@sub.example.co.uk",
+    "not-an-address",
+    "two@@ats.com",
+    " bob@sub.example.co.uk ",
+    "",
+]
+
+participant_rows = st.lists(
+    st.tuples(
+        st.sampled_from(["acc_a", "acc_b"]),
+        st.sampled_from([f"m{i}" for i in range(6)]),
+        st.integers(1, 3),
+        st.sampled_from(["from", "to", "cc"]),
+        st.one_of(st.none(), st.sampled_from(ADDRESS_POOL)),
+    ),
+    max_size=40,
+)
+message_versions = st.dictionaries(
+    st.tuples(st.sampled_from(["acc_a", "acc_b"]), st.sampled_from([f"m{i}" for i in range(6)])),
+    st.integers(1, 3),
+    max_size=12,
+)
+
+
+def participants_frame(rows: list[tuple]) -> pl.DataFrame:
+    return pl.DataFrame(
+        rows,
+        schema={
+            "account_id": pl.String,
+            "message_id": pl.String,
+            "version": pl.Int64,
+            "role": pl.String,
+            "address": pl.String,
+        },
+        orient="row",
+    )
+
+
+def messages_frame(versions: dict[tuple[str, str], int]) -> pl.DataFrame:
+    rows = [(acc, mid, v) for (acc, mid), v in sorted(versions.items())]
+    return pl.DataFrame(
+        rows,
+        schema={"account_id": pl.String, "message_id": pl.String, "version": pl.Int64},
+        orient="row",
+    ).with_row_index("_mid")
+
+
+def canonical(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.select(sorted(frame.columns)).sort(pl.all(), nulls_last=True)
+
+
+def exact_message_rows(parts: pl.DataFrame, msgs: pl.DataFrame) -> pl.DataFrame:
+    cols = ["account_id", "message_id", "version"]
+    return parts.join(msgs.select(*cols, "_mid"), on=cols, how="inner")
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=participant_rows, versions=message_versions)
+def test_participants_get_their_current_messages_row_exactly(rows, versions):
+    parts, msgs = participants_frame(rows), messages_frame(versions)
+    got = with_message_row(parts, msgs)
+    assert canonical(got).equals(canonical(exact_message_rows(parts, msgs)))
+
+
+def always_colliding(real):
+    """A hash under which every key collides for the first seed of each pair."""
+
+    def key_hash(columns, seed):
+        return pl.lit(7, pl.UInt64) if seed in (31, 101) else real(columns, seed)
+
+    return key_hash
+
+
+def test_a_colliding_message_key_takes_the_exact_join(monkeypatch):
+    parts = participants_frame(
+        [("acc_a", "m1", 1, "to", "x@y.com"), ("acc_a", "m2", 2, "to", "z@y.com")]
+        + [("acc_a", "m2", 1, "to", "old@y.com")]  # a superseded version: must drop out
+    )
+    msgs = messages_frame({("acc_a", "m1"): 1, ("acc_a", "m2"): 2})
+    monkeypatch.setattr(addresses, "key_hash", always_colliding(addresses.key_hash))
+    got = with_message_row(parts, msgs)
+    assert sorted(got["address"].to_list()) == ["x@y.com", "z@y.com"]
+    assert canonical(got).equals(canonical(exact_message_rows(parts, msgs)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=participant_rows)
+def test_address_normalisation_matches_the_scalar_rules_row_by_row(rows):
+    parts = participants_frame(rows)
+    got = normalise_addresses(parts.lazy(), "address").collect()
+    assert got.height == parts.height
+    for row in got.iter_rows(named=True):
+        expected = normalise_address(row["address"])
+        assert row["email"] == expected
+        assert row["valid"] == (expected is not None)
+        assert row["canonical_key"] == canonical_key(row["address"])
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_address_normalisation_survives_a_hash_collision(monkeypatch, collide):
+    parts = participants_frame(
+        [("acc_a", "m1", 1, "to", a) for a in ["Ann@Example.com", "bob@b.io", None, "junk"]]
+    )
+    if collide:
+        monkeypatch.setattr(addresses, "key_hash", always_colliding(addresses.key_hash))
+    got = normalise_addresses(parts.lazy(), "address").collect()
+    by_address = {row["address"]: row for row in got.iter_rows(named=True)}
+    assert by_address["Ann@Example.com"]["email"] == "ann@example.com"
+    assert by_address["bob@b.io"]["email"] == "bob@b.io"
+    assert by_address["junk"]["email"] is None and by_address[None]["email"] is None
+    assert [by_address[a]["valid"] for a in ["Ann@Example.com", "bob@b.io", "junk", None]] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    mids=st.lists(st.integers(0, 9), max_size=30),
+    kept=st.sets(st.integers(0, 9)),
+    shuffled=st.booleans(),
+)
+def test_rows_find_their_messages_by_position_as_a_join_would(mids, kept, shuffled):
+    rows = pl.DataFrame(
+        {"_mid": mids, "n": list(range(len(mids)))}, schema_overrides={"_mid": pl.UInt32}
+    )
+    msgs = pl.DataFrame(
+        {"_mid": sorted(kept), "sent": [f"s{m}" for m in sorted(kept)]},
+        schema_overrides={"_mid": pl.UInt32},
+    )
+    if shuffled:
+        msgs = msgs.sample(fraction=1.0, shuffle=True, seed=1)
+    got = with_message_columns(rows, msgs)
+    expected = rows.join(msgs, on="_mid", how="inner")
+    assert canonical(got).equals(canonical(expected))
+
+
+@settings(max_examples=60, deadline=None)
+@given(mids=st.lists(st.integers(0, 7), max_size=30), n=st.integers(8, 10))
+def test_lists_by_row_equal_a_group_by_in_any_row_order(mids, n):
+    rows = pl.DataFrame(
+        {"_mid": mids, "v": [f"a{i}" for i in range(len(mids))]},
+        schema_overrides={"_mid": pl.UInt32},
+    )
+    got = lists_by_row(rows, pl.col("v"), n)
+    assert got.len() == n
+    expected = {m: sorted(rows.filter(pl.col("_mid") == m)["v"].to_list()) for m in range(n)}
+    assert {m: sorted(values) for m, values in enumerate(got.to_list())} == expected
