@@ -56,7 +56,6 @@ from transforms.pipeline import (
     read_events,
     read_quarantine,
     scan_files,
-    split_contacts,
     with_contacts,
 )
 from transforms.records import build_people, erc_off_intervals, name_counts, person_candidates
@@ -255,16 +254,14 @@ def build_delta(
     # --- 5. interactions: new rows, merged with existing rows of the same source, plus
     # the kept history of addresses that became people in this run
     delta_keys = delta_counts.select("canonical_key").collect()
-    rows, contact_rows = split_contacts(
-        interaction_rows(
-            visible,
-            vparts,
-            events,
-            att,
-            with_contacts(person_key_map(people), delta_keys),
-            people,
-            frames,
-        ),
+    rows, contact_rows = interaction_rows(
+        visible,
+        vparts,
+        events,
+        att,
+        with_contacts(person_key_map(people), delta_keys),
+        people,
+        frames,
     )
     # Keys of the new records, mapped to whoever holds them after merges.
     promoted = (

@@ -81,7 +81,7 @@ def email_interactions(
         _sent=pl.col("direction") == "sent",
         at="sent_at",
         source_key=source_key(),
-    ).filter(pl.col("member_id").is_not_null())
+    )
     parts = (
         participants.filter(pl.col("valid") & ~pl.col("internal"))
         .select(*key, "role", "canonical_key")
@@ -89,9 +89,12 @@ def email_interactions(
         .drop("canonical_key")
     )
     if key == ["_mid"]:
-        rows = with_message_columns(parts.collect(), msgs.collect()).lazy()
+        found = msgs.collect()
+        if found["member_id"].has_nulls():  # an account no member holds: its mail drops out
+            found = found.filter(pl.col("member_id").is_not_null())
+        rows = with_message_columns(parts.collect(), found).lazy()
     else:
-        rows = parts.join(msgs, on=key, how="inner")
+        rows = parts.join(msgs.filter(pl.col("member_id").is_not_null()), on=key, how="inner")
     extra = [c for c in person_keys.collect_schema().names() if c not in ("canonical_key",)]
     from_sender = pl.col("role") == "from"
     return rows.filter(~pl.col("_sent") | ~from_sender).select(
@@ -107,28 +110,94 @@ def email_interactions(
     )
 
 
-def with_message_columns(rows: pl.DataFrame, messages: pl.DataFrame) -> pl.DataFrame:
-    """Inner join of rows to messages on `_mid`, by position rather than by hashing.
+def mail_rows(
+    messages: pl.DataFrame,
+    participants: pl.DataFrame,
+    person_keys: pl.DataFrame,
+    accounts: pl.DataFrame,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """email_interactions, kept narrow -> (rows, per-message columns).
 
-    `_mid` is the row number messages were read with, so messages sorted by it are found
-    by binary search (or directly, when none was filtered out): 0.5 s -> 0.1 s for
-    the 2.7M mail interaction rows of a million messages.
+    Each row holds the person key's columns, its weight, `_at` (its message's row in the
+    per-message frame) and `_key_hash` (interaction_key_hash). The per-message strings
+    (member, account, kind, time, source) are gathered once, by whoever knows the final
+    order of the rows: at a million messages, one copy of the wide rows instead of four.
+    Needs `_mid` on both messages and participants.
     """
-    mids = messages["_mid"]
-    others = messages.drop("_mid")
-    if not mids.is_sorted() or messages.is_empty():
-        return rows.join(messages, on="_mid", how="inner")
-    dense = mids.equals(
-        pl.int_range(messages.height, dtype=mids.dtype, eager=True), check_names=False
+    members = dict(zip(accounts["account_id"], accounts["member_id"], strict=True))
+    per_message = messages.select(
+        "_mid",
+        member_id=pl.col("account_id").replace_strict(members, default=None),
+        account_id="account_id",
+        kind=pl.when(pl.col("direction") == "sent")
+        .then(pl.lit("email_sent"))
+        .otherwise(pl.lit("email_received")),
+        at="sent_at",
+        source_key=source_key(),
+    ).filter(pl.col("member_id").is_not_null())
+    hashes = per_message.select(
+        "_mid",
+        _sent=pl.col("kind") == "email_sent",
+        _member_hash=pl.col("member_id").hash(11),
+        _source_hash=pl.col("source_key").hash(13),
     )
-    if dense:
-        at = rows["_mid"]
-        found = at < messages.height
-    else:
-        at = mids.search_sorted(rows["_mid"], side="left").clip(upper_bound=messages.height - 1)
-        found = mids.gather(at) == rows["_mid"]
+    keys = person_keys.with_columns(_person_hash=pl.col("person_id").hash(12))
+    rows = (
+        participants.lazy()
+        .filter(pl.col("valid") & ~pl.col("internal"))
+        .select("_mid", "role", "canonical_key")
+        .join(keys.lazy(), on="canonical_key", how="inner")  # people only
+        .drop("canonical_key")
+        .collect()
+    )
+    rows = with_message_columns(rows, hashes)
+    from_sender = pl.col("role") == "from"
+    rows = (
+        rows.with_columns(_at=message_positions(rows["_mid"], per_message["_mid"]))
+        .filter(~pl.col("_sent") | ~from_sender)
+        .with_columns(
+            # On received mail only the sender wrote to the member: co-recipients count
+            # as contact (first/last, counts) but add nothing to the strength score.
+            weight=pl.when(~pl.col("_sent") & ~from_sender)
+            .then(pl.lit(0.0))
+            .otherwise(pl.lit(1.0)),
+            _key_hash=interaction_key_hash(
+                pl.col("_member_hash"), pl.col("_person_hash"), pl.col("_source_hash")
+            ),
+        )
+        .drop("_mid", "role", "_sent", "_member_hash", "_person_hash", "_source_hash")
+    )
+    return rows, per_message.drop("_mid")
+
+
+def message_positions(row_mids: pl.Series, message_mids: pl.Series) -> pl.Series:
+    """The row of each `_mid` among `message_mids` (null where absent).
+
+    `_mid` is the row number messages were read with (dense, small integers), so a
+    lookup array replaces a hash join.
+    """
+    if message_mids.is_empty() or row_mids.is_empty():
+        return pl.Series(row_mids.name, [None] * row_mids.len(), dtype=pl.UInt32)
+    missing = 2**32 - 1
+    size = int(max(message_mids.max(), row_mids.max())) + 1  # type: ignore[arg-type]
+    position = pl.repeat(missing, size, dtype=pl.UInt32, eager=True).scatter(
+        message_mids.cast(pl.UInt32),
+        pl.int_range(message_mids.len(), dtype=pl.UInt32, eager=True),
+    )
+    at = position.gather(row_mids)
+    return pl.select(pl.when(at != missing).then(at)).to_series().alias(row_mids.name)
+
+
+def with_message_columns(rows: pl.DataFrame, messages: pl.DataFrame) -> pl.DataFrame:
+    """Inner join of rows to messages on `_mid`, by position rather than by hashing:
+    the 2.7M mail interaction rows of a million messages in ~0.1 s, not 0.4-1 s."""
+    if messages.is_empty() or rows.is_empty():
+        return rows.join(messages, on="_mid", how="inner")
+    at = message_positions(rows["_mid"], messages["_mid"])
+    found = at.is_not_null()
     if not found.all():
         rows, at = rows.filter(found), at.filter(found)
+    others = messages.drop("_mid")
     return pl.concat([rows, others.select(pl.all().gather(at))], how="horizontal")
 
 
@@ -141,21 +210,61 @@ def dedupe_interactions(rows: pl.LazyFrame) -> pl.LazyFrame:
 
     A hash group-by with order-free aggregates: deterministic without a global sort.
     """
-    ranked = rows.with_columns(_rank=pl.col("kind").replace_strict(KIND_RANK, return_dtype=pl.Int8))
+    ranked, cols = _ranked(rows)
+    single = ranked.filter(~pl.col("_repeat")).select(cols)
+    return pl.concat([single, merged_repeats(ranked.filter(pl.col("_repeat")), cols)])
+
+
+def dedupe_split(rows: pl.DataFrame, part: pl.Expr) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """dedupe_interactions, split into (rows where `part` is false, rows where it is true).
+
+    `part` must hold for all rows of a key or none. The millions of single rows are
+    copied once, straight into their half, instead of once per step.
+    """
+    ranked, cols = _ranked(rows.lazy())
+    frame = ranked.with_columns(_part=part).collect()
+    merged = merged_repeats(frame.lazy().filter(pl.col("_repeat")), [*cols, "_part"]).collect()
+    halves = []
+    for side in (False, True):
+        single = frame.filter(~pl.col("_repeat") & (pl.col("_part") == side)).select(cols)
+        halves.append(pl.concat([single, merged.filter(pl.col("_part") == side).select(cols)]))
+    return halves[0], halves[1]
+
+
+def interaction_key_hash(
+    member: pl.Expr | None = None, person: pl.Expr | None = None, source: pl.Expr | None = None
+) -> pl.Expr:
+    """A 64-bit hash of (member_id, person_id, source_key); each part can be given
+    already hashed (worked out once per message or per person rather than per row)."""
+    return (
+        (pl.col("member_id").hash(11) if member is None else member)
+        ^ (pl.col("person_id").hash(12) if person is None else person)
+        ^ (pl.col("source_key").hash(13) if source is None else source)
+    )
+
+
+def _ranked(rows: pl.LazyFrame) -> tuple[pl.LazyFrame, list[str]]:
+    """Rows marked with whether their key repeats; the output columns."""
     # Nearly every key occurs once: find repeats on a 64-bit hash of the key (a collision
     # only sends a row down the exact path) and group the strings of those rows alone.
-    repeat = pl.struct("member_id", "person_id", "source_key").hash(seed=11).is_duplicated()
-    ranked = ranked.with_columns(_repeat=repeat)
+    # Three column hashes xor-ed cost half of one hash of the struct.
+    repeat = interaction_key_hash().is_duplicated()
     # Columns that follow from the person (company_id) ride along.
     extra = [c for c in rows.collect_schema().names() if c in PER_PERSON_COLUMNS]
     cols = ["member_id", "person_id", *extra, "source_key", "account_id", "at", "weight", "kind"]
-    single = ranked.filter(~pl.col("_repeat")).select(cols)
-    grouped = (
-        ranked.filter(pl.col("_repeat"))
-        .drop("_repeat")
-        .group_by("member_id", "person_id", "source_key")
+    return rows.with_columns(_repeat=repeat), cols
+
+
+def merged_repeats(ranked: pl.LazyFrame, cols: list[str]) -> pl.LazyFrame:
+    """One row per key of repeated rows: the best kind, first account and time, largest
+    weight."""
+    keys = ["member_id", "person_id", "source_key"]
+    follow = [c for c in cols if c not in (*keys, "account_id", "at", "weight", "kind")]
+    return (
+        ranked.with_columns(_rank=pl.col("kind").replace_strict(KIND_RANK, return_dtype=pl.Int8))
+        .group_by(keys)
         .agg(
-            *[pl.first(c) for c in extra],
+            *[pl.first(c) for c in follow],
             _rank=pl.min("_rank"),
             account_id=pl.min("account_id"),
             at=pl.min("at"),
@@ -168,7 +277,6 @@ def dedupe_interactions(rows: pl.LazyFrame) -> pl.LazyFrame:
         )
         .select(cols)
     )
-    return pl.concat([single, grouped])
 
 
 def strength_band(score: pl.Expr) -> pl.Expr:

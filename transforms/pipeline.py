@@ -32,8 +32,11 @@ from transforms.metrics import (
     SUM_COLUMNS,
     company_metrics,
     connections_table,
-    dedupe_interactions,
+    dedupe_split,
     email_interactions,
+    interaction_key_hash,
+    mail_rows,
+    merged_repeats,
     person_connections,
     person_metrics,
 )
@@ -258,10 +261,8 @@ def build(
     lap("merges_linking")
     # --- 5. interactions and metrics
     person_keys = person_key_map(people)
-    interactions, contact_history = split_contacts(
-        interaction_rows(
-            visible, vparts, events, att, with_contacts(person_keys, counts), people, frames
-        ),
+    interactions, contact_history = interaction_rows(
+        visible, vparts, events, att, with_contacts(person_keys, counts), people, frames
     )
     lap("interactions")
     scores = person_connections(interactions.lazy(), frames.as_of).collect()
@@ -412,16 +413,6 @@ def with_contacts(person_keys: pl.DataFrame, counts: pl.DataFrame) -> pl.DataFra
     return pl.concat([person_keys, others.select(person_keys.columns)])
 
 
-def split_contacts(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """-> (interactions of people, contact history of every other address).
-
-    A stand-in id is an address (it has an '@'); a person id never does.
-    """
-    is_contact = pl.col("person_id").str.contains("@", literal=True)
-    contacts = rows.filter(is_contact).rename({"person_id": "canonical_key"})
-    return rows.filter(~is_contact), contacts.select(CONTACT_HISTORY_COLUMNS)
-
-
 def interaction_rows(
     visible: pl.DataFrame,
     vparts: pl.DataFrame,
@@ -430,19 +421,72 @@ def interaction_rows(
     person_keys: pl.DataFrame,
     people: pl.DataFrame,
     frames: WorkspaceFrames,
-) -> pl.DataFrame:
-    """Deduplicated mail and meeting interactions with each person's company."""
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Deduplicated mail and meeting interactions -> (interactions of people, with each
+    person's company; contact history of every other seen address).
+
+    A stand-in id is an address (it has an '@'); a person id never does.
+    """
     # The company rides along with the key (28k rows), not joined onto millions of rows.
-    keys = person_keys.join(people.select("person_id", "company_id"), on="person_id", how="left")
-    rows = dedupe_interactions(
-        pl.concat(
+    keys = person_keys.join(
+        people.select("person_id", "company_id"), on="person_id", how="left"
+    ).with_columns(_contact=pl.col("person_id").str.contains("@", literal=True))
+    meetings = meeting_interactions(events.lazy(), att.lazy(), keys.lazy(), frames.accounts)
+    if message_key(visible.lazy(), vparts.lazy()) != ["_mid"]:
+        rows = pl.concat(
             [
                 email_interactions(visible.lazy(), vparts.lazy(), keys.lazy(), frames.accounts),
-                meeting_interactions(events.lazy(), att.lazy(), keys.lazy(), frames.accounts),
+                meetings,
             ]
-        )
+        ).collect()
+        interactions, contacts = dedupe_split(rows, pl.col("_contact"))
+        return finish_interactions(interactions, contacts)
+
+    mail, per_message = mail_rows(visible, vparts, keys, frames.accounts)
+    meet = meetings.with_columns(_key_hash=interaction_key_hash()).collect()
+    repeat = pl.concat([mail["_key_hash"], meet["_key_hash"]]).is_duplicated()
+    # Mail rows ordered as [people | contacts | repeated keys], so the per-message strings
+    # are gathered once, in that order, and each part is a zero-copy slice.
+    contact, mail_repeat = mail["_contact"], repeat.head(mail.height)
+    parts = [~mail_repeat & ~contact, ~mail_repeat & contact, mail_repeat]
+    positions = [pl.arg_where(part, eager=True) for part in parts]
+    sizes = [p.len() for p in positions]
+    ordered = mail.select(pl.all().gather(pl.concat(positions)))
+    wide = pl.concat(
+        [ordered.drop("_at"), per_message.select(pl.all().gather(ordered["_at"]))],
+        how="horizontal",
     )
-    return rows.select(list(INTERACTIONS_SCHEMA)).cast(INTERACTIONS_SCHEMA).collect()
+    meet_repeat = repeat.tail(meet.height)
+    repeated = pl.concat(
+        [wide.slice(sizes[0] + sizes[1]), meet.filter(meet_repeat)], how="diagonal_relaxed"
+    )
+    cols = list(INTERACTIONS_SCHEMA)
+    merged = merged_repeats(repeated.lazy(), [*cols, "_contact"]).collect()
+    single_meet = meet.filter(~meet_repeat)
+    halves = []
+    for is_contact, mail_part in (
+        (False, wide.slice(0, sizes[0])),
+        (True, wide.slice(sizes[0], sizes[1])),
+    ):
+        small = pl.concat([single_meet, merged], how="diagonal_relaxed")
+        small = small.filter(pl.col("_contact") == is_contact).select(cols)
+        halves.append(
+            pl.concat(
+                [mail_part.select(cols).cast(INTERACTIONS_SCHEMA), small.cast(INTERACTIONS_SCHEMA)]
+            )
+        )
+    return finish_interactions(halves[0], halves[1])
+
+
+def finish_interactions(
+    interactions: pl.DataFrame, contacts: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    return (
+        interactions.select(list(INTERACTIONS_SCHEMA)).cast(INTERACTIONS_SCHEMA),
+        contacts.rename({"person_id": "canonical_key"})
+        .select(CONTACT_HISTORY_COLUMNS)
+        .cast({"weight": pl.Float64, "at": TS}),
+    )
 
 
 def normalise_blocklist(blocklist: pl.DataFrame) -> pl.DataFrame:

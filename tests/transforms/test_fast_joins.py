@@ -173,3 +173,41 @@ def test_lists_by_row_equal_a_group_by_in_any_row_order(mids, n):
     assert got.len() == n
     expected = {m: sorted(rows.filter(pl.col("_mid") == m)["v"].to_list()) for m in range(n)}
     assert {m: sorted(values) for m, values in enumerate(got.to_list())} == expected
+
+
+def test_interactions_by_position_equal_the_plain_joins(tmp_path, monkeypatch):
+    """Repeats inside a message (To and Cc), across two mailboxes of one member, a
+    contact who is no person, and received mail: both ways give the same rows."""
+    from tests.mailbox import Mail, Sandbox
+    from transforms import pipeline
+
+    sb = Sandbox(tmp_path, members=["alice@acme-team.io", "bob@acme-team.io"])
+    alice = "alice@acme-team.io"
+    sb.land(
+        alice,
+        [
+            Mail("s1", alice, ["ceo@initech.com"], cc=["ceo@initech.com"], labels=["SENT"]),
+            Mail("s2", alice, ["cfo@initech.com", "bob@acme-team.io"], labels=["SENT"]),
+            Mail("r1", "ceo@initech.com", [alice], cc=["cto@initech.com"], rfc_id="<x@i>"),
+            Mail("r2", "stranger@else.org", [alice]),
+        ],
+    )
+    sb.land("bob@acme-team.io", [Mail("r1b", "ceo@initech.com", [alice], rfc_id="<x@i>")])
+    fast = sb.build()
+    monkeypatch.setattr(pipeline, "message_key", lambda m, p: ["account_id", "message_id"])
+    plain = sb.build()
+    for table in ("interactions", "_rapport_contact_history"):
+        got, expected = fast.tables[table], plain.tables[table]
+        assert got.height > 0
+        assert canonical(got).equals(canonical(expected)), table
+    interactions = fast.tables["interactions"]
+    # <x@i> is one interaction per member who received it (the cc'd cto is no person).
+    assert interactions.filter(pl.col("source_key") == "<x@i>").height == 2
+    # The ceo in both To and Cc of s1 is one sent interaction.
+    assert interactions.filter(pl.col("kind") == "email_sent").height == 2  # s1 ceo, s2 cfo
+    assert (
+        fast.tables["_rapport_contact_history"]["canonical_key"]
+        .to_list()
+        .count("stranger@else.org")
+        == 1
+    )
