@@ -279,7 +279,7 @@ def build(
 
     lap("company_metrics")
     messages_out = messages_table(visible, vparts)
-    message_flags = message_flags_table(visible, vparts)
+    message_flags = message_flags_table(visible, vparts, messages_out["message_key"])
     lap("messages_table")
     tables = {
         "people": people,
@@ -519,19 +519,36 @@ def person_key_map(people: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def message_flags_table(visible: pl.DataFrame, vparts: pl.DataFrame) -> pl.DataFrame:
-    """internal_only per visible message (what messages_for() hides from other members)."""
+def message_flags_table(
+    visible: pl.DataFrame, vparts: pl.DataFrame, message_keys: pl.Series | None = None
+) -> pl.DataFrame:
+    """internal_only per visible message with participants (what messages_for() hides
+    from other members).
+
+    Marked through arrays indexed by `_mid` rather than a group-by over every participant.
+    `message_keys`, when given, are the keys of `visible` in its order (already built
+    for the messages table).
+    """
+    if visible.is_empty() or vparts.is_empty():
+        return pl.DataFrame(schema={"message_key": pl.String, "internal_only": pl.Boolean})
+    size = int(max(visible["_mid"].max(), vparts["_mid"].max())) + 1  # type: ignore[arg-type]
+
+    def marked(mids: pl.Series) -> pl.Series:
+        flags = pl.repeat(False, size, dtype=pl.Boolean, eager=True)
+        return flags.scatter(mids, True).gather(visible["_mid"])
+
+    # An unparseable address can't prove the mail left the team: treat it as internal.
+    external = vparts.filter(pl.col("valid") & ~pl.col("internal"))["_mid"]
     return (
-        vparts.lazy()
-        .group_by("_mid")
-        # An unparseable address can't prove the mail left the team: treat it as internal.
-        .agg(internal_only=(pl.col("internal") | ~pl.col("valid")).all())
-        .join(visible.lazy().select("_mid", "account_id", "message_id"), on="_mid")
-        .select(
-            message_key=pl.concat_str(["account_id", "message_id"], separator=":"),
-            internal_only="internal_only",
+        visible.select(
+            message_key=pl.concat_str(["account_id", "message_id"], separator=":")
+            if message_keys is None
+            else pl.lit(message_keys),
+            internal_only=~marked(external),
+            _has_participants=marked(vparts["_mid"]),
         )
-        .collect()
+        .filter("_has_participants")
+        .drop("_has_participants")
     )
 
 

@@ -11,6 +11,7 @@ import hashlib
 import polars as pl
 from nameparser import HumanName
 
+from transforms.metrics import with_message_columns
 from transforms.rules import is_automated_address, is_list_mail, message_key
 
 PERSON_ROLES_SENT = ("to", "cc")
@@ -101,7 +102,12 @@ def person_candidates(
     )
     rows = participants.filter(
         pl.col("valid") & ~pl.col("internal") & ~pl.col("email").is_in(machines["email"].implode())
-    ).join(msgs, on=key, how="inner")
+    )
+    if key == ["_mid"]:  # found by position, not by hashing (see with_message_columns)
+        narrow = ["_mid", "role", "canonical_key", "email", "name", "account_id"]
+        rows = with_message_columns(rows.select(narrow).collect(), msgs.collect()).lazy()
+    else:
+        rows = rows.join(msgs, on=key, how="inner")
     sent = rows.filter((pl.col("direction") == "sent") & pl.col("role").is_in(PERSON_ROLES_SENT))
     received = rows.filter(
         (pl.col("direction") == "received") & pl.col("role").is_in(PERSON_ROLES_RECEIVED)
