@@ -51,6 +51,27 @@ from transforms.records import (
 from transforms.rules import message_key, split_blocked, with_direction, with_internal_flag
 
 TS = pl.Datetime("us", "UTC")
+PARTICIPANT_COLUMNS_AFTER_RECORDS = [
+    "_mid",
+    "role",
+    "address",
+    "email",
+    "canonical_key",
+    "valid",
+    "internal",
+]
+MESSAGE_COLUMNS_AFTER_RECORDS = [
+    "_mid",
+    "account_id",
+    "message_id",
+    "thread_id",
+    "rfc_message_id",
+    "sent_at",
+    "direction",
+    "subject",
+    "snippet",
+    "body_text",
+]
 # Columns of participant-like rows (mail participants, event attendees) used for names.
 NAME_SOURCE = ["canonical_key", "email", "name", "valid"]
 
@@ -254,6 +275,10 @@ def build(
 
     lap("people")
     last_used = last_used_by_address(visible.lazy(), vparts.lazy()).collect()
+    # Records are built: keep only what interactions and the messages table read. At a
+    # million messages this frees ~0.4 GiB before the steps with the highest peaks.
+    vparts = vparts.select(PARTICIPANT_COLUMNS_AFTER_RECORDS)
+    visible = visible.select(MESSAGE_COLUMNS_AFTER_RECORDS)
     people, companies, person_merges = finish_records(
         people, frames, internal_domains, previous_companies, previous_merges, last_used
     )
