@@ -105,7 +105,8 @@ def person_candidates(
     )
     if key == ["_mid"]:  # found by position, not by hashing (see with_message_columns)
         narrow = ["_mid", "role", "canonical_key", "email", "name", "account_id"]
-        rows = with_message_columns(rows.select(narrow).collect(), msgs.collect()).lazy()
+        # Left: rows of list mail keep a null direction, which the filters below drop.
+        rows = with_message_columns(rows.select(narrow).collect(), msgs.collect(), "left").lazy()
     else:
         rows = rows.join(msgs, on=key, how="inner")
     sent = rows.filter((pl.col("direction") == "sent") & pl.col("role").is_in(PERSON_ROLES_SENT))

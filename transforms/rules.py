@@ -84,26 +84,28 @@ def with_direction(
 ) -> pl.LazyFrame:
     """direction = sent when the From is any address of the account's member, or SENT label."""
     key = message_key(messages, participants)
-    senders = participants.filter(pl.col("role") == "from").select(
-        *dict.fromkeys([*key, "account_id"]), "email"
-    )
     own = account_addresses.lazy().select("account_id", email=pl.col("address"))
+    # The few member addresses filter the senders first; the exact (account, address)
+    # match then runs on those rows only.
+    member_addresses = account_addresses["address"].unique().implode()
+    senders = participants.filter(
+        (pl.col("role") == "from") & pl.col("email").is_in(member_addresses)
+    ).select(*dict.fromkeys([*key, "account_id"]), "email")
     sent_by_member = (
         senders.join(own, on=["account_id", "email"], how="semi")
         .select(*key, _sent=pl.lit(True))
         .unique()
     )
-    return (
-        messages.join(sent_by_member, on=key, how="left")
-        .with_columns(
-            direction=pl.when(
-                pl.col("_sent").fill_null(False) | pl.col("labels").list.contains("SENT")
-            )
-            .then(pl.lit("sent"))
-            .otherwise(pl.lit("received"))
-        )
-        .drop("_sent")
-    )
+    if key == ["_mid"]:  # a membership test on integers, not a join moving wide rows
+        sent_mids = sent_by_member.select("_mid").collect()["_mid"].implode()
+        flagged = messages.with_columns(_sent=pl.col("_mid").is_in(sent_mids))
+    else:
+        flagged = messages.join(sent_by_member, on=key, how="left")
+    return flagged.with_columns(
+        direction=pl.when(pl.col("_sent").fill_null(False) | pl.col("labels").list.contains("SENT"))
+        .then(pl.lit("sent"))
+        .otherwise(pl.lit("received"))
+    ).drop("_sent")
 
 
 def is_list_mail() -> pl.Expr:

@@ -146,8 +146,9 @@ def test_address_normalisation_survives_a_hash_collision(monkeypatch, collide):
     mids=st.lists(st.integers(0, 9), max_size=30),
     kept=st.sets(st.integers(0, 9)),
     shuffled=st.booleans(),
+    how=st.sampled_from(["inner", "left"]),
 )
-def test_rows_find_their_messages_by_position_as_a_join_would(mids, kept, shuffled):
+def test_rows_find_their_messages_by_position_as_a_join_would(mids, kept, shuffled, how):
     rows = pl.DataFrame(
         {"_mid": mids, "n": list(range(len(mids)))}, schema_overrides={"_mid": pl.UInt32}
     )
@@ -157,8 +158,8 @@ def test_rows_find_their_messages_by_position_as_a_join_would(mids, kept, shuffl
     )
     if shuffled:
         msgs = msgs.sample(fraction=1.0, shuffle=True, seed=1)
-    got = with_message_columns(rows, msgs)
-    expected = rows.join(msgs, on="_mid", how="inner")
+    got = with_message_columns(rows, msgs, how)
+    expected = rows.join(msgs, on="_mid", how=how)
     assert canonical(got).equals(canonical(expected))
 
 
