@@ -119,8 +119,15 @@ ADDRESS_COLUMNS = [
 
 
 def key_hash(columns: list[str], seed: int) -> pl.Expr:
-    """A 64-bit hash of the columns' values, for joins that check it with a second seed."""
-    return pl.struct(columns).hash(seed=seed)
+    """A 64-bit hash of the columns' values (for joins that check what it matched).
+
+    Per-column hashes with their own seeds, xor-ed: half the cost of hashing a struct.
+    """
+    hashes = [pl.col(c).hash(seed=seed + i) for i, c in enumerate(columns)]
+    combined = hashes[0]
+    for h in hashes[1:]:
+        combined = combined ^ h
+    return combined
 
 
 def normalise_addresses(lf: pl.LazyFrame, column: str = "address") -> pl.LazyFrame:
@@ -136,19 +143,19 @@ def normalise_addresses(lf: pl.LazyFrame, column: str = "address") -> pl.LazyFra
     hashes = rows.select(_h=key_hash([column], 31), _check=key_hash([column], 47))
     firsts = hashes.with_row_index("_row").unique("_h", keep="any")["_row"]
     distinct = rows.select(pl.col(column).gather(firsts)).drop_nulls()
-    table = address_table(distinct.lazy(), column).collect()
-    keyed = table.with_columns(_h=key_hash([column], 31), _check_table=key_hash([column], 47)).drop(
-        column
-    )
-    out = pl.concat([rows, hashes], how="horizontal").join(keyed, on="_h", how="left")
-    if (out["_check"] != out["_check_table"]).any():  # a collision: the exact way
+    table = address_table(distinct.lazy(), column).collect().rechunk()
+    keyed = table.select(
+        _h=key_hash([column], 31), _check_table=key_hash([column], 47)
+    ).with_row_index("_aid")
+    # Narrow: only the row of each address is joined; the attributes are then gathered
+    # from the (small, one-chunk) table, which keeps the rows in place.
+    found = hashes.join(keyed, on="_h", how="left", maintain_order="left")
+    if (found["_check"] != found["_check_table"]).any():  # a collision: the exact way
         distinct = rows.select(pl.col(column).unique().drop_nulls())
         out = rows.join(address_table(distinct.lazy(), column).collect(), on=column, how="left")
-    return (
-        out.drop("_h", "_check", "_check_table", strict=False)
-        .with_columns(pl.col("valid").fill_null(False))
-        .lazy()
-    )
+    else:
+        out = rows.with_columns(table.drop(column).select(pl.all().gather(found["_aid"])))
+    return out.with_columns(pl.col("valid").fill_null(False)).lazy()
 
 
 def address_table(lf: pl.LazyFrame, column: str) -> pl.LazyFrame:
