@@ -414,20 +414,21 @@ def last_kind_and_member(interactions: pl.LazyFrame, past: pl.Expr) -> tuple[pl.
     fit, the sort runs.
     """
     facts = interactions.select(
-        first=pl.col("at").min(), members=pl.col("member_id").unique().sort().implode()
+        first=pl.col("at").dt.epoch("us").min(),
+        last=pl.col("at").dt.epoch("us").max(),
+        members=pl.col("member_id").unique().sort().implode(),
     ).collect()
     member_ids = facts["members"][0].to_list() if facts.height else []
-    first = facts["first"][0] if facts.height else None
+    first, last = (facts["first"][0], facts["last"][0]) if facts.height else (None, None)
     bits = max(len(member_ids), 1).bit_length()
     kinds = sorted(KIND_RANK)  # lexicographic order, as a sort of the strings has
-    epoch = datetime(1970, 1, 1, tzinfo=first.tzinfo) if first is not None else None
-    if first is None or first < epoch or 2**52 >= 1 << (62 - bits - 2):
+    if first is None or first < 0 or last >= 1 << (62 - bits - 2):
         latest = [pl.col(c).filter(past) for c in ("at", "kind", "member_id")]
         return (
             pl.col("kind").filter(past).sort_by(latest).last(),
             pl.col("member_id").filter(past).sort_by(latest).last(),
         )
-    # Non-negative microseconds below 2^52 (year 2112) leave the low bits free.
+    # Non-negative microseconds small enough to leave the low bits free.
     packed = (
         pl.col("at").dt.epoch("us") * (1 << (bits + 2))
         + pl.col("kind").replace_strict(kinds, range(len(kinds)), return_dtype=pl.Int64)

@@ -212,3 +212,42 @@ def test_interactions_by_position_equal_the_plain_joins(tmp_path, monkeypatch):
         .count("stranger@else.org")
         == 1
     )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["p1", "p2"]),
+            st.sampled_from(["m_b", "m_a", "m_c"]),
+            st.sampled_from(["email_sent", "email_received", "meeting"]),
+            st.sampled_from([-2, 0, 1, 3]),  # days from the run; repeats force ties
+        ),
+        max_size=25,
+    )
+)
+def test_last_kind_and_member_equal_a_sort_of_the_past_rows(rows):
+    from datetime import UTC, datetime, timedelta
+
+    from transforms.metrics import last_kind_and_member
+
+    as_of = datetime(2026, 6, 1, tzinfo=UTC)
+    frame = pl.DataFrame(
+        [(p, m, k, as_of - timedelta(days=d)) for p, m, k, d in rows],
+        schema={
+            "person_id": pl.String,
+            "member_id": pl.String,
+            "kind": pl.String,
+            "at": pl.Datetime("us", "UTC"),
+        },
+        orient="row",
+    )
+    past = pl.col("at") <= as_of
+    kind, member = last_kind_and_member(frame.lazy(), past)
+    got = frame.group_by("person_id").agg(kind=kind, member=member)
+    latest = [pl.col(c).filter(past) for c in ("at", "kind", "member_id")]
+    expected = frame.group_by("person_id").agg(
+        kind=pl.col("kind").filter(past).sort_by(latest).last(),
+        member=pl.col("member_id").filter(past).sort_by(latest).last(),
+    )
+    assert canonical(got).equals(canonical(expected))
