@@ -254,20 +254,19 @@ def build_delta(
     # --- 5. interactions: new rows, merged with existing rows of the same source, plus
     # the kept history of addresses that became people in this run
     delta_keys = delta_counts.select("canonical_key").collect()
+    people_keys = person_key_map(people)  # normalises every address of every person: once
     rows, contact_rows = interaction_rows(
         visible,
         vparts,
         events,
         att,
-        with_contacts(person_key_map(people), delta_keys),
+        with_contacts(people_keys, delta_keys),
         people,
         frames,
     )
     # Keys of the new records, mapped to whoever holds them after merges.
     promoted = (
-        person_key_map(new_people)
-        .select("canonical_key")
-        .join(person_key_map(people), on="canonical_key")
+        person_key_map(new_people).select("canonical_key").join(people_keys, on="canonical_key")
     )
     history_rows = (
         lookup.contact_history(promoted["canonical_key"])
