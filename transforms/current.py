@@ -18,7 +18,7 @@ def latest_versions(raw: pl.LazyFrame, key: list[str]) -> pl.LazyFrame:
     """
     frame = raw.collect()
     # A 64-bit hash of the key can only make keys look repeated (then the exact path runs).
-    if frame.select(pl.struct(key).hash(seed=5).n_unique()).item() == frame.height:
+    if frame.select(addresses.key_hash(key, 5).n_unique()).item() == frame.height:
         return frame.lazy()  # one version per key (a first sync, a rebuild after compaction)
     rows = frame.lazy().with_row_index("_row")
     winners = (

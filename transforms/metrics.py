@@ -70,44 +70,65 @@ def email_interactions(
     """One row per (member, person, message): sent mail to the person or received mail.
 
     `person_keys` maps canonical_key -> person_id, plus any other per-person columns
-    (company_id), which the rows carry.
+    (company_id), which the rows carry. Plain joins: `mail_rows` is the fast path the
+    build takes when messages carry `_mid`.
     """
     key = message_key(messages, participants)
+    parts = _mail_participants(
+        participants.select(*key, "role", "canonical_key", "valid", "internal"), person_keys
+    )
+    extra = [c for c in person_keys.collect_schema().names() if c != "canonical_key"]
+    sent = pl.col("kind") == "email_sent"
+    return (
+        parts.join(message_facts(messages, accounts, key), on=key, how="inner")
+        .filter(mail_row_kept(sent))
+        .select(
+            "member_id",
+            *extra,
+            "account_id",
+            "kind",
+            "at",
+            "source_key",
+            weight=mail_weight(sent),
+        )
+    )
+
+
+def message_facts(messages: pl.LazyFrame, accounts: pl.DataFrame, key: list[str]) -> pl.LazyFrame:
+    """What a mail interaction takes from its message: member, account, kind, time and
+    source, worked out once per message (not per row); mail of an account no member
+    holds drops out."""
     members = dict(zip(accounts["account_id"], accounts["member_id"], strict=True))
-    # Everything per message is worked out on the million messages, not the rows.
-    msgs = messages.select(
+    return messages.select(
         *dict.fromkeys([*key, "account_id"]),
         member_id=pl.col("account_id").replace_strict(members, default=None),
-        _sent=pl.col("direction") == "sent",
+        kind=pl.when(pl.col("direction") == "sent")
+        .then(pl.lit("email_sent"))
+        .otherwise(pl.lit("email_received")),
         at="sent_at",
         source_key=source_key(),
-    )
-    parts = (
+    ).filter(pl.col("member_id").is_not_null())
+
+
+def _mail_participants(participants: pl.LazyFrame, person_keys: pl.LazyFrame) -> pl.LazyFrame:
+    """Valid outside participants that are people (or kept contacts), with their keys."""
+    return (
         participants.filter(pl.col("valid") & ~pl.col("internal"))
-        .select(*key, "role", "canonical_key")
-        .join(person_keys, on="canonical_key", how="inner")  # people only, before the wide join
+        .drop("valid", "internal")
+        .join(person_keys, on="canonical_key", how="inner")
         .drop("canonical_key")
     )
-    if key == ["_mid"]:
-        found = msgs.collect()
-        if found["member_id"].has_nulls():  # an account no member holds: its mail drops out
-            found = found.filter(pl.col("member_id").is_not_null())
-        rows = with_message_columns(parts.collect(), found).lazy()
-    else:
-        rows = parts.join(msgs.filter(pl.col("member_id").is_not_null()), on=key, how="inner")
-    extra = [c for c in person_keys.collect_schema().names() if c not in ("canonical_key",)]
-    from_sender = pl.col("role") == "from"
-    return rows.filter(~pl.col("_sent") | ~from_sender).select(
-        "member_id",
-        *extra,
-        "account_id",
-        kind=pl.when("_sent").then(pl.lit("email_sent")).otherwise(pl.lit("email_received")),
-        at="at",
-        source_key="source_key",
-        # On received mail only the sender wrote to the member: co-recipients count
-        # as contact (first/last, counts) but add nothing to the strength score.
-        weight=pl.when(~pl.col("_sent") & ~from_sender).then(pl.lit(0.0)).otherwise(pl.lit(1.0)),
-    )
+
+
+def mail_row_kept(sent: pl.Expr) -> pl.Expr:
+    """The member's own From on sent mail is no interaction with anyone."""
+    return ~sent | (pl.col("role") != "from")
+
+
+def mail_weight(sent: pl.Expr) -> pl.Expr:
+    """On received mail only the sender wrote to the member: co-recipients count as
+    contact (first/last, counts) but add nothing to the strength score."""
+    return pl.when(~sent & (pl.col("role") != "from")).then(pl.lit(0.0)).otherwise(pl.lit(1.0))
 
 
 def mail_rows(
@@ -124,17 +145,7 @@ def mail_rows(
     order of the rows: at a million messages, one copy of the wide rows instead of four.
     Needs `_mid` on both messages and participants.
     """
-    members = dict(zip(accounts["account_id"], accounts["member_id"], strict=True))
-    per_message = messages.select(
-        "_mid",
-        member_id=pl.col("account_id").replace_strict(members, default=None),
-        account_id="account_id",
-        kind=pl.when(pl.col("direction") == "sent")
-        .then(pl.lit("email_sent"))
-        .otherwise(pl.lit("email_received")),
-        at="sent_at",
-        source_key=source_key(),
-    ).filter(pl.col("member_id").is_not_null())
+    per_message = message_facts(messages.lazy(), accounts, ["_mid"]).collect()
     hashes = per_message.select(
         "_mid",
         _sent=pl.col("kind") == "email_sent",
@@ -142,25 +153,17 @@ def mail_rows(
         _source_hash=pl.col("source_key").hash(13),
     )
     keys = person_keys.with_columns(_person_hash=pl.col("person_id").hash(12))
-    rows = (
-        participants.lazy()
-        .filter(pl.col("valid") & ~pl.col("internal"))
-        .select("_mid", "role", "canonical_key")
-        .join(keys.lazy(), on="canonical_key", how="inner")  # people only
-        .drop("canonical_key")
-        .collect()
-    )
+    rows = _mail_participants(
+        participants.lazy().select("_mid", "role", "canonical_key", "valid", "internal"),
+        keys.lazy(),
+    ).collect()
     rows = with_message_columns(rows, hashes)
-    from_sender = pl.col("role") == "from"
+    sent = pl.col("_sent")
     rows = (
         rows.with_columns(_at=message_positions(rows["_mid"], per_message["_mid"]))
-        .filter(~pl.col("_sent") | ~from_sender)
+        .filter(mail_row_kept(sent))
         .with_columns(
-            # On received mail only the sender wrote to the member: co-recipients count
-            # as contact (first/last, counts) but add nothing to the strength score.
-            weight=pl.when(~pl.col("_sent") & ~from_sender)
-            .then(pl.lit(0.0))
-            .otherwise(pl.lit(1.0)),
+            weight=mail_weight(sent),
             _key_hash=interaction_key_hash(
                 pl.col("_member_hash"), pl.col("_person_hash"), pl.col("_source_hash")
             ),
@@ -213,50 +216,28 @@ def dedupe_interactions(rows: pl.LazyFrame) -> pl.LazyFrame:
     """One row per (member, person, source); a sent copy beats a received copy.
 
     A hash group-by with order-free aggregates: deterministic without a global sort.
+    Nearly every key occurs once: repeats are found on a 64-bit hash of the key (a
+    collision only sends a row down the exact path) and only those rows are grouped.
     """
-    ranked, cols = _ranked(rows)
-    single = ranked.filter(~pl.col("_repeat")).select(cols)
-    return pl.concat([single, merged_repeats(ranked.filter(pl.col("_repeat")), cols)])
-
-
-def dedupe_split(rows: pl.DataFrame, part: pl.Expr) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """dedupe_interactions, split into (rows where `part` is false, rows where it is true).
-
-    `part` must hold for all rows of a key or none. The millions of single rows are
-    copied once, straight into their half, instead of once per step.
-    """
-    ranked, cols = _ranked(rows.lazy())
-    frame = ranked.with_columns(_part=part).collect()
-    merged = merged_repeats(frame.lazy().filter(pl.col("_repeat")), [*cols, "_part"]).collect()
-    halves = []
-    for side in (False, True):
-        single = frame.filter(~pl.col("_repeat") & (pl.col("_part") == side)).select(cols)
-        halves.append(pl.concat([single, merged.filter(pl.col("_part") == side).select(cols)]))
-    return halves[0], halves[1]
+    # Columns that follow from the person (company_id) ride along.
+    extra = [c for c in rows.collect_schema().names() if c in PER_PERSON_COLUMNS]
+    cols = ["member_id", "person_id", *extra, "source_key", "account_id", "at", "weight", "kind"]
+    marked = rows.with_columns(_repeat=interaction_key_hash().is_duplicated())
+    single = marked.filter(~pl.col("_repeat")).select(cols)
+    return pl.concat([single, merged_repeats(marked.filter(pl.col("_repeat")), cols)])
 
 
 def interaction_key_hash(
     member: pl.Expr | None = None, person: pl.Expr | None = None, source: pl.Expr | None = None
 ) -> pl.Expr:
     """A 64-bit hash of (member_id, person_id, source_key); each part can be given
-    already hashed (worked out once per message or per person rather than per row)."""
+    already hashed (worked out once per message or per person rather than per row).
+    Three column hashes xor-ed cost half of one hash of the struct."""
     return (
         (pl.col("member_id").hash(11) if member is None else member)
         ^ (pl.col("person_id").hash(12) if person is None else person)
         ^ (pl.col("source_key").hash(13) if source is None else source)
     )
-
-
-def _ranked(rows: pl.LazyFrame) -> tuple[pl.LazyFrame, list[str]]:
-    """Rows marked with whether their key repeats; the output columns."""
-    # Nearly every key occurs once: find repeats on a 64-bit hash of the key (a collision
-    # only sends a row down the exact path) and group the strings of those rows alone.
-    # Three column hashes xor-ed cost half of one hash of the struct.
-    repeat = interaction_key_hash().is_duplicated()
-    # Columns that follow from the person (company_id) ride along.
-    extra = [c for c in rows.collect_schema().names() if c in PER_PERSON_COLUMNS]
-    cols = ["member_id", "person_id", *extra, "source_key", "account_id", "at", "weight", "kind"]
-    return rows.with_columns(_repeat=repeat), cols
 
 
 def merged_repeats(ranked: pl.LazyFrame, cols: list[str]) -> pl.LazyFrame:

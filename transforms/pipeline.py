@@ -32,7 +32,7 @@ from transforms.metrics import (
     SUM_COLUMNS,
     company_metrics,
     connections_table,
-    dedupe_split,
+    dedupe_interactions,
     email_interactions,
     interaction_key_hash,
     mail_rows,
@@ -458,14 +458,16 @@ def interaction_rows(
     ).with_columns(_contact=pl.col("person_id").str.contains("@", literal=True))
     meetings = meeting_interactions(events.lazy(), att.lazy(), keys.lazy(), frames.accounts)
     if message_key(visible.lazy(), vparts.lazy()) != ["_mid"]:
-        rows = pl.concat(
-            [
-                email_interactions(visible.lazy(), vparts.lazy(), keys.lazy(), frames.accounts),
-                meetings,
-            ]
+        rows = dedupe_interactions(
+            pl.concat(
+                [
+                    email_interactions(visible.lazy(), vparts.lazy(), keys.lazy(), frames.accounts),
+                    meetings,
+                ]
+            )
         ).collect()
-        interactions, contacts = dedupe_split(rows, pl.col("_contact"))
-        return finish_interactions(interactions, contacts)
+        is_contact = pl.col("person_id").str.contains("@", literal=True)
+        return finish_interactions(rows.filter(~is_contact), rows.filter(is_contact))
 
     mail, per_message = mail_rows(visible, vparts, keys, frames.accounts)
     meet = meetings.with_columns(_key_hash=interaction_key_hash()).collect()
@@ -487,17 +489,20 @@ def interaction_rows(
     )
     cols = list(INTERACTIONS_SCHEMA)
     merged = merged_repeats(repeated.lazy(), [*cols, "_contact"]).collect()
-    single_meet = meet.filter(~meet_repeat)
+    small = pl.concat([meet.filter(~meet_repeat), merged], how="diagonal_relaxed")
     halves = []
     for is_contact, mail_part in (
         (False, wide.slice(0, sizes[0])),
         (True, wide.slice(sizes[0], sizes[1])),
     ):
-        small = pl.concat([single_meet, merged], how="diagonal_relaxed")
-        small = small.filter(pl.col("_contact") == is_contact).select(cols)
         halves.append(
             pl.concat(
-                [mail_part.select(cols).cast(INTERACTIONS_SCHEMA), small.cast(INTERACTIONS_SCHEMA)]
+                [
+                    mail_part.select(cols).cast(INTERACTIONS_SCHEMA),
+                    small.filter(pl.col("_contact") == is_contact)
+                    .select(cols)
+                    .cast(INTERACTIONS_SCHEMA),
+                ]
             )
         )
     return finish_interactions(halves[0], halves[1])
@@ -550,18 +555,10 @@ def message_flags_table(
     """internal_only per visible message with participants (what messages_for() hides
     from other members).
 
-    Marked through arrays indexed by `_mid` rather than a group-by over every participant.
+    Membership tests on `_mid` integers rather than a group-by over every participant.
     `message_keys`, when given, are the keys of `visible` in its order (already built
     for the messages table).
     """
-    if visible.is_empty() or vparts.is_empty():
-        return pl.DataFrame(schema={"message_key": pl.String, "internal_only": pl.Boolean})
-    size = int(max(visible["_mid"].max(), vparts["_mid"].max())) + 1  # type: ignore[arg-type]
-
-    def marked(mids: pl.Series) -> pl.Series:
-        flags = pl.repeat(False, size, dtype=pl.Boolean, eager=True)
-        return flags.scatter(mids, True).gather(visible["_mid"])
-
     # An unparseable address can't prove the mail left the team: treat it as internal.
     external = vparts.filter(pl.col("valid") & ~pl.col("internal"))["_mid"]
     return (
@@ -569,8 +566,8 @@ def message_flags_table(
             message_key=pl.concat_str(["account_id", "message_id"], separator=":")
             if message_keys is None
             else pl.lit(message_keys),
-            internal_only=~marked(external),
-            _has_participants=marked(vparts["_mid"]),
+            internal_only=~pl.col("_mid").is_in(external.implode()),
+            _has_participants=pl.col("_mid").is_in(vparts["_mid"].implode()),
         )
         .filter("_has_participants")
         .drop("_has_participants")
