@@ -16,7 +16,7 @@ from typing import Any
 
 import polars as pl
 
-from transforms.metrics import STRENGTHS
+from transforms.metrics import SUM_COLUMNS
 
 log = logging.getLogger("rapport.expectations")
 
@@ -110,7 +110,7 @@ def run_gate(
     # GX costs ~15 ms per expectation and batch whatever the data, most of a small run's
     # gate, so the rules are one batch and one expectation, reported per rule.
     people, companies = tables["people"], tables["companies"]
-    messages = tables["messages"]
+    messages, sums = tables["messages"], tables["_rapport_connection_sums"]
     rules = {
         "people_id_null_or_duplicate": people.select("person_id").filter(
             pl.col("person_id").is_null() | pl.col("person_id").is_duplicated()
@@ -124,9 +124,14 @@ def run_gate(
         "companies_id_null_or_duplicate": companies.select("company_id").filter(
             pl.col("company_id").is_null() | pl.col("company_id").is_duplicated()
         ),
-        "connections_strength_unknown": tables["connections"]
-        .select("strength")
-        .filter(~pl.col("strength").is_in(STRENGTHS).fill_null(False)),
+        # connection strength is computed from these when queried (sql/scores.sql)
+        "connection_sums_invalid": sums.filter(
+            pl.any_horizontal(
+                pl.col(SUM_COLUMNS).is_null()
+                | ~pl.col(SUM_COLUMNS).is_finite()
+                | (pl.col(SUM_COLUMNS) < 0)
+            )
+        ).select("member_id", "person_id"),
         "messages_key_null_or_duplicate": messages.select("message_key").filter(
             pl.col("message_key").is_null() | pl.col("message_key").is_duplicated()
         ),

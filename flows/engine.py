@@ -575,7 +575,8 @@ class _DeltaRun:
     new_files: list[str]
 
     def row_count(self) -> int:
-        frames = [*self.staged.replace.values(), *self.staged.append.values()]
+        upserts = [u.rows for u in self.staged.upsert.values()]
+        frames = [*self.staged.replace.values(), *upserts, *self.staged.append.values()]
         return sum(f.height for f in frames)
 
     def write(self, whole_tables: dict[str, pl.DataFrame]) -> None:

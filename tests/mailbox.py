@@ -183,6 +183,19 @@ class Sandbox:
         )
         lake.flush(self.lake, batch)
 
+    def build_published(self, as_of: datetime = AS_OF) -> Staged:
+        """build(), published to a real DuckDB file, plus what the score views show.
+
+        connections, person_metrics and company_metrics are views over the stored decay
+        sums and activity rows (warehouse/sql/scores.sql); their rows are added to the
+        returned tables as analysts would read them.
+        """
+        staged = self.build(as_of=as_of)
+        warehouse = self.root / f"published-{len(list(self.root.glob('published-*')))}.duckdb"
+        publish_staged(self.ws, staged, warehouse, as_of)
+        views = read_tables(warehouse, ["connections", "person_metrics", "company_metrics"])
+        return Staged({**staged.tables, **views}, staged.stats, staged.timings)
+
     def build(self, previous: Staged | None = None, as_of: datetime = AS_OF) -> Staged:
         frames = workspace_frames(self.ws, as_of)
         return build(
@@ -192,6 +205,35 @@ class Sandbox:
             previous_companies=previous.tables["companies"] if previous else None,
             previous_merges=previous.tables["person_merges"] if previous else None,
         )
+
+
+def publish_staged(ws: Workspace, staged: Staged, warehouse: Path, as_of: datetime) -> None:
+    """Publish a build with the workspace tables and the run's as_of, as the engine does."""
+    from flows.engine import SYNC_RUN_SCHEMA, workspace_tables
+    from warehouse.publish import publish
+
+    tables = {**staged.tables, **workspace_tables(ws)}
+    tables["_rapport_build"] = pl.DataFrame(
+        {"as_of": [as_of], "fingerprint": ["test"], "mode": ["full"]},
+        schema={"as_of": pl.Datetime("us", "UTC"), "fingerprint": pl.String, "mode": pl.String},
+    )
+    publish(warehouse, tables, pl.DataFrame(schema=SYNC_RUN_SCHEMA), "test")
+
+
+def read_tables(warehouse: Path, names: list[str]) -> dict[str, pl.DataFrame]:
+    """Tables or views of a published file, with times in UTC as the builds have them."""
+    import duckdb
+
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        return {
+            name: con.sql(f'SELECT * FROM "{name}"')
+            .pl()
+            .with_columns(pl.col(pl.Datetime).dt.convert_time_zone("UTC"))
+            for name in names
+        }
+    finally:
+        con.close()
 
 
 def emails_of(people: pl.DataFrame) -> set[str]:

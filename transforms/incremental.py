@@ -6,15 +6,17 @@ build state the last publish kept in the warehouse, and produces:
 
 * rows to append to the big tables (messages, message_flags, events, quarantine);
 * interactions to add, replacing any existing row with the same (member, person, source);
-* the small tables rewritten whole (people, companies, person_merges, connections,
-  person_metrics, company_metrics) and the updated build state.
+* rows to write over the record and state tables by key (`Upsert`): only the people,
+  companies, decay sums and activity rows that changed, so what a run writes follows
+  the delta, not the size of the workspace.
 
-Per-person and per-company metrics are recomputed only for the people the delta (or the
+Per-person and per-company activity is recomputed only for the people the delta (or the
 passage of time since the last run's as_of) touches, from their interactions in the
-warehouse; everyone else keeps their row, with scores aged by the closed form
-(`metrics.age_connection_sums`). The result equals a full build of the same lake; the
-tests check that. Anything this path does not handle exactly raises `Fallback`, and the
-caller runs the full build instead.
+warehouse; everyone else keeps their row. Connection scores are views over decay sums
+anchored at a fixed epoch (warehouse/sql/scores.sql), so time alone changes no stored
+sum. The result equals a full build of the same lake; the tests check that. Anything
+this path does not handle exactly raises `Fallback`, and the caller runs the full build
+instead.
 """
 
 from __future__ import annotations
@@ -30,16 +32,10 @@ import polars as pl
 from transforms.current import current_messages, current_participants
 from transforms.events import EVENTS_SCHEMA, attendee_candidates, events_table
 from transforms.metrics import (
-    ACTIVITY_COLUMNS,
     INTERACTIONS_SCHEMA,
     SUM_COLUMNS,
-    age_connection_sums,
-    assemble_metrics,
-    connections_table,
     dedupe_interactions,
     person_connection_sums,
-    scores_from_sums,
-    strongest_connection,
 )
 from transforms.pipeline import (
     NAME_SOURCE,
@@ -62,7 +58,7 @@ from transforms.records import build_people, erc_off_intervals, name_counts, per
 from transforms.rules import split_blocked, with_direction, with_internal_flag
 
 # Bump when the meaning of the kept state changes: older warehouses then rebuild in full.
-STATE_VERSION = "1"
+STATE_VERSION = "2"
 # Windows of the metrics (days): time moving past their edges changes a person's row.
 WINDOW_DAYS = (0, 30, 90, 365)
 INTERACTION_KEY = ["member_id", "person_id", "source_key"]
@@ -81,8 +77,7 @@ class Previous:
     people: pl.DataFrame
     companies: pl.DataFrame
     person_merges: pl.DataFrame
-    person_metrics: pl.DataFrame
-    company_metrics: pl.DataFrame
+    activity: dict[str, pl.DataFrame]  # "person_id" / "company_id" -> activity rows
     name_counts: pl.DataFrame
     last_used: pl.DataFrame
     blocked_threads: pl.DataFrame
@@ -106,8 +101,32 @@ class Lookup(Protocol):
 
 
 @dataclass
+class Upsert:
+    """Rows to write over a table by key: rows with these keys (or `gone`) go first."""
+
+    key: list[str]
+    rows: pl.DataFrame
+    gone: pl.DataFrame | None = None  # keys to delete with no new row
+
+    def delete_keys(self) -> pl.DataFrame:
+        keys = self.rows.select(self.key)
+        return pl.concat([keys, self.gone]) if self.gone is not None else keys
+
+
+def changed_rows(new: pl.DataFrame, old: pl.DataFrame, key: list[str]) -> Upsert:
+    """What turns table `old` into `new`: rows that are new or changed, keys that went."""
+    old = old.select(new.columns).cast(new.schema)
+    return Upsert(
+        key,
+        new.join(old, on=new.columns, how="anti", nulls_equal=True),
+        old.select(key).join(new.select(key), on=key, how="anti", nulls_equal=True),
+    )
+
+
+@dataclass
 class DeltaStaged:
     replace: dict[str, pl.DataFrame]
+    upsert: dict[str, Upsert]
     append: dict[str, pl.DataFrame]
     deletes: dict[str, pl.DataFrame]  # per table: keys of rows removed before the append
     gate_tables: dict[str, pl.DataFrame]
@@ -308,30 +327,37 @@ def build_delta(
     lap("interactions")
 
     # --- metrics: update who the delta or the clock touched from a few rows; everyone
-    # else keeps their row, and every score ages in closed form.
+    # else keeps their row. Decay sums are anchored at a fixed epoch (scores are views),
+    # so only the pairs with interactions entering the past change.
     became_past = (pl.col("at") > previous.as_of) & (pl.col("at") <= as_of)
     entering = pl.concat([delta_interactions, around.filter(became_past)])
-    days = (as_of - previous.as_of).total_seconds() / 86400.0
+    entering_sums = person_connection_sums(entering.lazy(), as_of).collect()
+    pair = ["member_id", "person_id"]
     sums = (
         pl.concat(
             [
-                age_connection_sums(previous.connection_sums.lazy(), days),
-                person_connection_sums(entering.lazy(), as_of),
+                previous.connection_sums.join(entering_sums.select(pair), on=pair, how="semi"),
+                entering_sums.select(*pair, *SUM_COLUMNS),
             ],
             how="vertical_relaxed",
         )
-        .group_by("member_id", "person_id")
+        .group_by(pair)
         .agg(pl.col(SUM_COLUMNS).sum())
-        .collect()
     )
-    scores = scores_from_sums(sums.lazy()).collect()
-    connections = connections_table(scores.lazy(), people).collect()
     members = frames.members
+    new_companies = companies.join(previous.companies, on="company_id", how="anti")
 
     updated_keys: dict[str, int] = {}
 
-    def updated(key: str, prev_metrics: pl.DataFrame, extra: pl.Series) -> pl.DataFrame:
-        touched = pl.concat([entering[key], around[key], extra]).drop_nulls().unique().to_frame(key)
+    def updated(key: str, extra: pl.Series, ids: pl.DataFrame) -> pl.DataFrame:
+        """New activity rows of the keys the delta or the clock touched (of `ids`)."""
+        touched = (
+            pl.concat([entering[key], around[key], extra])
+            .drop_nulls()
+            .unique()
+            .to_frame(key)
+            .join(ids.select(key), on=key, how="semi")  # not records merged away
+        )
         updated_keys[key] = touched.height
         pairs = (
             pl.concat([entering.select(key, "source_key"), around.select(key, "source_key")])
@@ -356,10 +382,11 @@ def build_delta(
                 ).select(key, "at"),
             ]
         )
-        fresh = activity_update(
+        prev_activity = previous.activity[key].join(touched, on=key, how="semi")
+        return activity_update(
             key,
             touched,
-            prev_metrics.join(touched, on=key, how="semi"),
+            prev_activity,
             entering,
             source_rows,
             future,
@@ -367,27 +394,9 @@ def build_delta(
             as_of,
             members,
         )
-        kept = prev_metrics.join(touched, on=key, how="anti").select(key, *ACTIVITY_COLUMNS)
-        return pl.concat([fresh, kept.cast(fresh.schema)])
 
-    person_activity = updated("person_id", previous.person_metrics, new_people["person_id"])
-    person_metrics = assemble_metrics(
-        people.lazy(),
-        "person_id",
-        person_activity.lazy(),
-        strongest_connection(scores.lazy(), "person_id", members),
-    ).collect()
-    company_activity = updated(
-        "company_id", previous.company_metrics, pl.Series("company_id", [], pl.String)
-    )
-    company_metrics = assemble_metrics(
-        companies.lazy(),
-        "company_id",
-        company_activity.lazy(),
-        strongest_connection(
-            connections.lazy().filter(pl.col("person_id").is_null()), "company_id", members
-        ),
-    ).collect()
+    person_activity = updated("person_id", new_people["person_id"], people)
+    company_activity = updated("company_id", new_companies["company_id"], companies)
     lap("metrics")
 
     messages_out = messages_table(visible, vparts)
@@ -404,18 +413,23 @@ def build_delta(
         "_rapport_contact_history": contact_rows,
     }
     deletes = {"_rapport_contact_history": promoted.select("canonical_key")}
-    replace = {
-        "people": people,
-        "companies": companies,
-        "person_merges": person_merges,
-        "connections": connections,
-        "person_metrics": person_metrics,
-        "company_metrics": company_metrics,
-        "_rapport_name_counts": counts.select("canonical_key", "email", "name", "n"),
-        "_rapport_last_used": last_used,
-        "_rapport_connection_sums": sums,
-        "_rapport_name_parts": name_parts,
+    counts = counts.select("canonical_key", "email", "name", "n")
+    # Rows whose key is new or whose values changed; the rest of each table stays.
+    upsert = {
+        "people": changed_rows(people, previous.people, ["person_id"]),
+        "companies": changed_rows(companies, previous.companies, ["company_id"]),
+        "_rapport_name_counts": changed_rows(
+            counts, previous.name_counts, ["canonical_key", "email", "name"]
+        ),
+        "_rapport_last_used": changed_rows(last_used, previous.last_used, ["email"]),
+        "_rapport_name_parts": changed_rows(
+            name_parts, previous.name_parts, [name_parts.columns[0]]
+        ),
+        "_rapport_connection_sums": Upsert(pair, sums),
+        "_rapport_person_activity": Upsert(["person_id"], person_activity),
+        "_rapport_company_activity": Upsert(["company_id"], company_activity),
     }
+    replace = {"person_merges": person_merges}
     stats = {
         "delta_messages": visible.height,
         "delta_events": events.height,
@@ -431,12 +445,12 @@ def build_delta(
     gate_tables = {
         "people": people,
         "companies": companies,
-        "connections": connections,
         "interactions": delta_interactions,
         "messages": messages_out,
+        "_rapport_connection_sums": sums,
     }
     lap("tables")
-    return DeltaStaged(replace, append, deletes, gate_tables, stats, lap.times)
+    return DeltaStaged(replace, upsert, append, deletes, gate_tables, stats, lap.times)
 
 
 EMAIL_KINDS = ["email_sent", "email_received"]

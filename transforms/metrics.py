@@ -17,11 +17,16 @@ Connection strength, per (member, person):
   is monotone. Company score for a member = sum of the member's person scores there.
 
 Bands: < 0.5 very_weak, < 2 weak, < 6 good, < 15 strong, else very_strong.
+
+The score changes with as_of alone, so it is not stored: each (member, person) keeps
+its decay sums anchored at SCORE_EPOCH, which change only when interactions are added,
+and the views in warehouse/sql/scores.sql scale them to the run's as_of and apply the
+formula above (with these constants) when queried.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import polars as pl
 
@@ -264,25 +269,22 @@ def merged_repeats(ranked: pl.LazyFrame, cols: list[str]) -> pl.LazyFrame:
     )
 
 
-def strength_band(score: pl.Expr) -> pl.Expr:
-    expr = pl.when(score < BANDS[0][0]).then(pl.lit(BANDS[0][1]))
-    for limit, label in BANDS[1:]:
-        expr = expr.when(score < limit).then(pl.lit(label))
-    return expr.otherwise(pl.lit("very_strong"))
-
-
-# Each (member, person) keeps its decay sums split by half-life: both parts age by a
-# constant factor, so a later as_of rescales stored sums instead of re-reading history.
+# Each (member, person) keeps its decay sums split by half-life, anchored at a fixed
+# epoch: 2^((at - epoch) / half-life) * weight. At any as_of the sum times
+# 2^(-(as_of - epoch) / half-life) is the decayed sum, so the stored sums change only
+# when interactions are added. Interactions from 1971 to 2070 stay within a float64.
+SCORE_EPOCH = datetime(2020, 1, 1, tzinfo=UTC)
 SUM_COLUMNS = ["f_sent", "l_sent", "f_recv", "l_recv", "f_meet", "l_meet"]
 SUM_KINDS = {"sent": "email_sent", "recv": "email_received", "meet": "meeting"}
 
 
 def person_connection_sums(interactions: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:
-    """Fast (45 d) and long (365 d) decay sums per (member, person) and kind, past only."""
-    age = ((pl.lit(as_of) - pl.col("at")).dt.total_seconds() / 86400.0).clip(lower_bound=0.0)
+    """Fast (45 d) and long (365 d) anchored decay sums per (member, person) and kind,
+    over the interactions up to as_of."""
+    days = (pl.col("at") - pl.lit(SCORE_EPOCH)).dt.total_microseconds() / 86_400e6
     past = interactions.filter(pl.col("at") <= as_of).with_columns(
-        _f=(2.0 ** (-age / HALF_LIFE_FAST_DAYS)) * pl.col("weight"),
-        _l=(2.0 ** (-age / HALF_LIFE_SLOW_DAYS)) * pl.col("weight"),
+        _f=(2.0 ** (days / HALF_LIFE_FAST_DAYS)) * pl.col("weight"),
+        _l=(2.0 ** (days / HALF_LIFE_SLOW_DAYS)) * pl.col("weight"),
     )
     aggs = []
     for short, kind in SUM_KINDS.items():
@@ -292,51 +294,6 @@ def person_connection_sums(interactions: pl.LazyFrame, as_of: datetime) -> pl.La
             pl.col("_l").filter(is_kind).sum().alias(f"l_{short}"),
         ]
     return past.group_by("member_id", "person_id").agg(aggs)
-
-
-def age_connection_sums(sums: pl.LazyFrame, days: float) -> pl.LazyFrame:
-    """The same sums `days` later (no new interactions): each part decays by a factor."""
-    fast, slow = 2.0 ** (-days / HALF_LIFE_FAST_DAYS), 2.0 ** (-days / HALF_LIFE_SLOW_DAYS)
-    return sums.with_columns(
-        [pl.col(c) * (fast if c.startswith("f_") else slow) for c in SUM_COLUMNS]
-    )
-
-
-def scores_from_sums(sums: pl.LazyFrame) -> pl.LazyFrame:
-    """score and strength from the decay sums (the formula in the module docstring)."""
-
-    def kind(short: str) -> pl.Expr:
-        return FAST_SHARE * pl.col(f"f_{short}") + (1 - FAST_SHARE) * pl.col(f"l_{short}")
-
-    score = (
-        W_SENT * kind("sent")
-        + W_RECEIVED * kind("recv")
-        + W_RECIPROCAL * pl.min_horizontal(kind("sent"), kind("recv"))
-        + W_MEETING * kind("meet")
-    )
-    return sums.with_columns(score=score).with_columns(strength=strength_band(pl.col("score")))
-
-
-def person_connections(interactions: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:
-    """score, strength (and the decay sums behind them) per (member, person)."""
-    return scores_from_sums(person_connection_sums(interactions, as_of))
-
-
-def connections_table(person_scores: pl.LazyFrame, people: pl.DataFrame) -> pl.LazyFrame:
-    """Rows per (member, person) plus per (member, company) with person_id null."""
-    with_company = person_scores.join(
-        people.lazy().select("person_id", "company_id"), on="person_id", how="left"
-    )
-    company_rows = (
-        with_company.filter(pl.col("company_id").is_not_null())
-        .group_by("member_id", "company_id")
-        .agg(score=pl.sum("score"))
-        .with_columns(person_id=pl.lit(None, pl.String), strength=strength_band(pl.col("score")))
-    )
-    cols = ["member_id", "person_id", "company_id", "score", "strength"]
-    return pl.concat([with_company.select(cols), company_rows.select(cols)]).sort(
-        "member_id", "company_id", "person_id", nulls_last=True
-    )
 
 
 def activity_metrics(
@@ -427,34 +384,13 @@ def last_kind_and_member(interactions: pl.LazyFrame, past: pl.Expr) -> tuple[pl.
     )
 
 
-def strongest_connection(
-    scores: pl.LazyFrame, key: str, member_emails: pl.DataFrame
-) -> pl.LazyFrame:
-    """Per key: the member with the highest score (ties: member email)."""
-    emails = member_emails.lazy().select("member_id", member_email="email")
-    return (
-        scores.join(emails, on="member_id", how="left")
-        .sort([key, "score", "member_email"], descending=[False, True, False])
-        .unique(key, keep="first", maintain_order=True)
-        .select(
-            key,
-            strongest_connection_member=pl.col("member_email"),
-            strongest_connection_strength=pl.col("strength"),
-            strongest_connection_score=pl.col("score"),
-        )
-    )
-
-
-def assemble_metrics(
-    ids: pl.LazyFrame, key: str, activity: pl.LazyFrame, strongest: pl.LazyFrame
-) -> pl.LazyFrame:
-    """One row per id: activity and strongest connection, zero counts where none."""
+def activity_table(ids: pl.LazyFrame, key: str, activity: pl.LazyFrame) -> pl.LazyFrame:
+    """One activity row per id (zero counts where it has no interactions)."""
     return (
         ids.select(key)
         .join(activity, on=key, how="left")
-        .join(strongest, on=key, how="left")
         .with_columns(pl.col(COUNT_COLUMNS).fill_null(0))
-        .select(key, *METRIC_COLUMNS)
+        .select(key, *ACTIVITY_COLUMNS)
         .sort(key)
     )
 
@@ -484,18 +420,11 @@ ACTIVITY_COLUMNS = METRIC_COLUMNS[:13]
 STRONGEST_COLUMNS = METRIC_COLUMNS[13:]
 
 
-def person_metrics(
-    interactions: pl.LazyFrame,
-    people: pl.DataFrame,
-    as_of: datetime,
-    members: pl.DataFrame,
-    person_scores: pl.LazyFrame,
+def person_activity(
+    interactions: pl.LazyFrame, people: pl.DataFrame, as_of: datetime, members: pl.DataFrame
 ) -> pl.LazyFrame:
-    return assemble_metrics(
-        people.lazy(),
-        "person_id",
-        activity_metrics(interactions, "person_id", as_of, members),
-        strongest_connection(person_scores, "person_id", members),
+    return activity_table(
+        people.lazy(), "person_id", activity_metrics(interactions, "person_id", as_of, members)
     )
 
 
@@ -508,16 +437,11 @@ def company_interactions(interactions: pl.LazyFrame) -> pl.LazyFrame:
     return interactions.filter(pl.col("company_id").is_not_null())
 
 
-def company_metrics(
-    interactions: pl.LazyFrame,
-    companies: pl.DataFrame,
-    as_of: datetime,
-    members: pl.DataFrame,
-    company_scores: pl.LazyFrame,
+def company_activity(
+    interactions: pl.LazyFrame, companies: pl.DataFrame, as_of: datetime, members: pl.DataFrame
 ) -> pl.LazyFrame:
-    return assemble_metrics(
+    return activity_table(
         companies.lazy(),
         "company_id",
         activity_metrics(company_interactions(interactions), "company_id", as_of, members),
-        strongest_connection(company_scores, "company_id", members),
     )

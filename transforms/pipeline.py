@@ -30,15 +30,14 @@ from transforms.merges import apply_merges
 from transforms.metrics import (
     INTERACTIONS_SCHEMA,
     SUM_COLUMNS,
-    company_metrics,
-    connections_table,
+    company_activity,
     dedupe_interactions,
     email_interactions,
     interaction_key_hash,
     mail_rows,
     merged_repeats,
-    person_connections,
-    person_metrics,
+    person_activity,
+    person_connection_sums,
 )
 from transforms.records import (
     build_companies,
@@ -290,16 +289,13 @@ def build(
         visible, vparts, events, att, with_contacts(person_keys, counts), people, frames
     )
     lap("interactions")
-    scores = person_connections(interactions.lazy(), frames.as_of).collect()
-    connections = connections_table(scores.lazy(), people).collect()
-    company_scores = connections.filter(pl.col("person_id").is_null())
+    sums = person_connection_sums(interactions.lazy(), frames.as_of).collect()
     lap("connections")
-    p_metrics = person_metrics(
-        interactions.lazy(), people, frames.as_of, frames.members, scores.lazy()
-    ).collect()
+    p_activity = person_activity(interactions.lazy(), people, frames.as_of, frames.members)
+    p_activity = p_activity.collect()
     lap("person_metrics")
-    c_metrics = company_metrics(
-        interactions.lazy(), companies, frames.as_of, frames.members, company_scores.lazy()
+    c_activity = company_activity(
+        interactions.lazy(), companies, frames.as_of, frames.members
     ).collect()
 
     lap("company_metrics")
@@ -316,9 +312,8 @@ def build(
         if events.height
         else pl.DataFrame(schema=EVENTS_SCHEMA),
         "interactions": interactions,
-        "connections": connections,
-        "person_metrics": p_metrics,
-        "company_metrics": c_metrics,
+        "_rapport_person_activity": p_activity,
+        "_rapport_company_activity": c_activity,
         "quarantine": quarantine.select(
             "account_id", "stream", "item_id", "reason", "detail", "fetched_at"
         ),
@@ -328,7 +323,7 @@ def build(
             counts=counts,
             last_used=last_used,
             blocked_threads=blocked_threads,
-            connection_sums=scores,
+            connection_sums=sums,
             contact_history=contact_history,
             name_parts=name_parts,
             files=files,

@@ -72,8 +72,10 @@ def read_state(con: duckdb.DuckDBPyConnection) -> tuple[Previous, set[str]] | No
         people=table("people"),
         companies=table("companies"),
         person_merges=table("person_merges"),
-        person_metrics=table("person_metrics"),
-        company_metrics=table("company_metrics"),
+        activity={
+            "person_id": table("_rapport_person_activity"),
+            "company_id": table("_rapport_company_activity"),
+        },
         name_counts=table("_rapport_name_counts"),
         last_used=table("_rapport_last_used"),
         blocked_threads=table("_rapport_blocked_threads"),
@@ -154,6 +156,14 @@ def apply_delta(
         for name, frame in {**staged.replace, **whole_tables}.items():
             con.execute(f'DELETE FROM "{name}"')
             rows += insert_frame(con, name, frame)
+        for name, upsert in staged.upsert.items():
+            keys = upsert.delete_keys()
+            if not keys.is_empty():
+                con.register("delete_keys", arrow_view(keys.unique()))
+                match = " AND ".join(f't."{c}" IS NOT DISTINCT FROM k."{c}"' for c in upsert.key)
+                con.execute(f'DELETE FROM "{name}" t USING delete_keys k WHERE {match}')
+                con.unregister("delete_keys")
+            rows += insert_frame(con, name, upsert.rows)
         files = pl.DataFrame({"path": new_lake_files}, schema={"path": pl.String})
         for name, frame in {**staged.append, "_rapport_lake_files": files}.items():
             rows += insert_frame(con, name, frame)

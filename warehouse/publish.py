@@ -5,7 +5,8 @@ and fsyncs it, then renames it over `warehouse.duckdb`. Analysts holding the old
 open read-only keep a consistent snapshot; new connections see the new run. A failed
 run never touches the live file.
 
-Every new file gets the contract tables (sql/schema.sql), the privacy macro
+Every new file gets the contract tables (sql/schema.sql), the score views
+(sql/scores.sql, with the constants of transforms.metrics filled in), the privacy macro
 messages_for (sql/messages_for.sql) and the analyst views (views/*.sql, by file name).
 """
 
@@ -25,6 +26,30 @@ from connectors.lake import fsync_dir
 
 def sql_text(name: str) -> str:
     return resources.files("warehouse").joinpath("sql", name).read_text()
+
+
+def scores_sql() -> str:
+    """sql/scores.sql with the score formula's constants taken from transforms.metrics."""
+    from string import Template
+
+    from transforms import metrics as m
+
+    band = "CASE " + " ".join(f"WHEN score < {limit!r} THEN '{label}'" for limit, label in m.BANDS)
+    values = {
+        "HALF_LIFE_FAST_DAYS": m.HALF_LIFE_FAST_DAYS,
+        "HALF_LIFE_SLOW_DAYS": m.HALF_LIFE_SLOW_DAYS,
+        "FAST_SHARE": m.FAST_SHARE,
+        "W_SENT": m.W_SENT,
+        "W_RECEIVED": m.W_RECEIVED,
+        "W_RECIPROCAL": m.W_RECIPROCAL,
+        "W_MEETING": m.W_MEETING,
+        "EPOCH_US": int(m.SCORE_EPOCH.timestamp()) * 1_000_000,
+    }
+    text = Template(sql_text("scores.sql")).substitute(
+        {k: repr(float(v)) if isinstance(v, float) else str(v) for k, v in values.items()},
+        BAND=f"{band} ELSE '{m.STRENGTHS[-1]}' END",
+    )
+    return text
 
 
 def view_sql() -> list[str]:
@@ -91,6 +116,7 @@ def publish(
         con.execute("SET memory_limit = '1GB'")
         con.execute("BEGIN")
         con.execute(sql_text("schema.sql"))
+        con.execute(scores_sql())
         # What remains is DuckDB's own append + compression, already on both cores. Measured
         # at 1M without gain: inserting tables concurrently from cursors (each cursor is its
         # own transaction), threads/memory_limit changes, WAL settings, CHECKPOINT vs close.

@@ -212,7 +212,7 @@ def test_interrupted_backfill_resumes_to_the_same_result(tmp_path, monkeypatch, 
         "blocklisted_message",
         "bad_timestamp",
         "person_without_address",
-        "bad_strength",
+        "bad_connection_sums",
         "interaction_orphan",
     ],
 )
@@ -254,8 +254,9 @@ def test_each_expectation_blocks_the_publish(env, monkeypatch, violation):
         elif violation == "bad_timestamp":
             m = t["messages"]
             t["messages"] = m.with_columns(sent_at=pl.datetime(1900, 1, 1, time_zone="UTC"))
-        elif violation == "bad_strength":
-            t["connections"] = t["connections"].with_columns(strength=pl.lit("bff"))
+        elif violation == "bad_connection_sums":
+            sums = t["_rapport_connection_sums"]
+            t["_rapport_connection_sums"] = sums.with_columns(f_sent=pl.lit(float("inf")))
         elif violation == "interaction_orphan":
             t["interactions"] = t["interactions"].with_columns(person_id=pl.lit("per_ghost"))
         return staged

@@ -21,7 +21,7 @@ from polars.testing import assert_frame_equal
 
 from tests.mailbox import AS_OF, Mail, Sandbox, ts
 from tests.warehouse.helpers import land_mail
-from transforms.metrics import INTERACTIONS_SCHEMA, person_connections
+from transforms.metrics import INTERACTIONS_SCHEMA, SCORE_EPOCH, person_connection_sums
 
 ALICE, BOB = "alice@acme-team.io", "bob@acme-team.io"
 PAT, LEE, QUINN = "pat@initech.com", "lee@initech.com", "quinn@globex.com"
@@ -116,7 +116,7 @@ def alice_pat_score() -> float:
 
 
 def test_person_metrics_timeline_counts_and_strongest_connection(timeline):
-    staged = timeline.build()
+    staged = timeline.build_published()
     pm = staged.tables["person_metrics"]
     assert age("2025-05-01T00:00:00") == 396 and age("2026-05-02T00:00:00") == 30
     score = alice_pat_score()
@@ -152,7 +152,7 @@ def test_person_metrics_timeline_counts_and_strongest_connection(timeline):
 
 
 def test_company_metrics_count_each_mail_once_and_sum_person_scores(timeline):
-    staged = timeline.build()
+    staged = timeline.build_published()
     cm = staged.tables["company_metrics"]
     [company_id] = staged.tables["companies"]["company_id"].to_list()
     alice_company = alice_pat_score() + expected_score(sent=[12], received=[])  # pat + lee
@@ -193,7 +193,7 @@ def test_company_metrics_count_each_mail_once_and_sum_person_scores(timeline):
 def test_a_removed_account_contributes_nothing(timeline):
     bob = next(a for a in timeline.ws.accounts if a.email == BOB)
     bob.status = "removed"
-    staged = timeline.build()
+    staged = timeline.build_published()
     pat = metrics_row(staged.tables["person_metrics"], "person_id", person_id(staged, PAT))
     row = pat.row(0, named=True)
     # without b1, the last interaction is Alice's meeting e1
@@ -219,7 +219,7 @@ def test_two_way_mail_beats_one_way_mail_for_the_strongest_connection(tmp_path):
         ],
     )
     sb.land(BOB, [Mail("q3", BOB, [QUINN], labels=["SENT"], at="2026-05-27T00:00:00")])
-    staged = sb.build()
+    staged = sb.build_published()
     d30, d15, d5 = decay(30), decay(15), decay(5)
     # Alice: S_sent = d30, S_received = d15 > d30, so min = d30
     alice = 0.3 * d30 + 0.6 * d15 + 1.5 * d30  # = 1.8*0.69288 + 0.6*0.82934 ~ 1.7448
@@ -253,7 +253,7 @@ def test_large_meetings_count_less_per_attendee(tmp_path):
     sb.land_event(ALICE, "one", "2026-05-22T00:00:00", ALICE, ["one@initech.com"])
     crowd = [f"{n}@globex.com" for n in ("a", "b", "c", "d")]
     sb.land_event(ALICE, "big", "2026-05-22T00:00:00", ALICE, crowd)
-    staged = sb.build()
+    staged = sb.build_published()
     scores = dict(
         staged.tables["connections"]
         .filter(pl.col("person_id").is_not_null())
@@ -272,7 +272,7 @@ def test_mail_synced_by_two_members_counts_once_but_is_an_interaction_for_each(t
     sb.land(ALICE, [Mail("s1", ALICE, [PAT], labels=["SENT"], at="2026-05-10T00:00:00")])
     sb.land(ALICE, [Mail("k-a", PAT, [ALICE, BOB], **shared)])
     sb.land(BOB, [Mail("k-b", PAT, [ALICE, BOB], **shared)])
-    staged = sb.build()
+    staged = sb.build_published()
     inter = staged.tables["interactions"].filter(pl.col("source_key") == "<kickoff@initech.com>")
     assert sorted(inter["member_id"]) == sorted([member_id(sb, ALICE), member_id(sb, BOB)])
     row = staged.tables["person_metrics"].row(0, named=True)
@@ -285,7 +285,7 @@ def test_mail_without_a_message_id_is_never_merged_with_other_mail(tmp_path):
     for mid, rfc, day in [("m1", "", 18), ("m2", "", 19), ("m3", "  ", 20)]:
         mail = Mail(mid, ALICE, [PAT], labels=["SENT"], rfc_id=rfc, at=f"2026-05-{day}T00:00:00")
         land_mail(sb, ALICE, mail)
-    staged = sb.build()
+    staged = sb.build_published()
     assert staged.tables["interactions"].height == 3
     row = staged.tables["person_metrics"].row(0, named=True)
     assert row["emails_30d"] == 3
@@ -293,6 +293,33 @@ def test_mail_without_a_message_id_is_never_merged_with_other_mail(tmp_path):
     assert row["strongest_connection_score"] == pytest.approx(
         expected_score(sent=[14, 13, 12], received=[]), rel=1e-12
     )
+
+
+_SCORES_DB: list = []  # one in-memory warehouse for every call: a schema per call is slow
+
+
+def person_connections(interactions: pl.LazyFrame, as_of: datetime) -> pl.DataFrame:
+    """Scores as the published `connections` view computes them from the stored sums."""
+    import duckdb
+
+    from warehouse.publish import insert_frame, scores_sql, sql_text
+
+    if not _SCORES_DB:
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute(sql_text("schema.sql"))
+        con.execute(scores_sql())
+        _SCORES_DB.append(con)
+    con = _SCORES_DB[0]
+    con.execute("DELETE FROM _rapport_connection_sums")
+    con.execute("DELETE FROM _rapport_build")
+    insert_frame(
+        con, "_rapport_connection_sums", person_connection_sums(interactions, as_of).collect()
+    )
+    con.execute("INSERT INTO _rapport_build VALUES (?, 'test', 'full')", [as_of])
+    return con.sql(
+        "SELECT member_id, person_id, score, strength FROM connections WHERE person_id IS NOT NULL"
+    ).pl()
 
 
 def test_strength_bands_at_their_limits():
@@ -317,13 +344,15 @@ def test_strength_bands_at_their_limits():
             "company_id": [None] * len(scores),
             "account_id": ["a"] * len(scores),
             "kind": ["meeting"] * len(scores),
-            "at": [AS_OF] * len(scores),  # age 0: decay = 1, score = 2.0 * weight
+            # at the sums' epoch, with as_of there too, every decay factor is exactly 1:
+            # score = 2.0 * weight
+            "at": [SCORE_EPOCH] * len(scores),
             "source_key": [f"s{i}" for i in range(len(scores))],
             "weight": [s / 2.0 for s in scores],
         },
         schema=INTERACTIONS_SCHEMA,
     )
-    out = person_connections(frame.lazy(), AS_OF).collect().sort("score")
+    out = person_connections(frame.lazy(), SCORE_EPOCH).sort("score")
     assert out["strength"].to_list() == labels
 
 
@@ -372,7 +401,7 @@ def frame(subject: list[Item]) -> pl.LazyFrame:
 
 def scored(subject: list[Item], as_of: datetime = AS_OF) -> tuple[float, int, pl.DataFrame]:
     """(score, band rank) of mem_a/per_p, and the bystander's row."""
-    out = person_connections(frame(subject), as_of).collect()
+    out = person_connections(frame(subject), as_of)
     mine = out.filter(pl.col("person_id") == "per_p")
     other = out.filter(pl.col("person_id") == "per_q")
     if mine.is_empty():

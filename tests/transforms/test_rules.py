@@ -300,7 +300,7 @@ def test_interactions_first_and_last(tmp_path):
             Mail("s2", ALICE, ["buyer@globex.com"], labels=["SENT"], at="2026-05-20T00:00:00"),
         ],
     )
-    staged = sb.build()
+    staged = sb.build_published()
     m = staged.tables["person_metrics"].row(0, named=True)
     assert str(m["first_interaction_at"].date()) == "2026-01-10"
     assert str(m["last_interaction_at"].date()) == "2026-05-20"
@@ -327,7 +327,7 @@ def test_meetings_create_people_and_count_once_per_member(tmp_path):
     sb.land_event(
         ALICE, "gone", "2026-05-11T09:00:00", ALICE, ["ghost@globex.com"], status="cancelled"
     )
-    staged = sb.build()
+    staged = sb.build_published()
     assert emails_of(staged.tables["people"]) == {"guest@globex.com"}
     inter = staged.tables["interactions"].sort("member_id", "at")
     assert inter.height == 3  # alice: past + future meeting, bob: the shared meeting once

@@ -5,13 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import polars as pl
-
 from connectors import lake
-from flows.engine import SYNC_RUN_SCHEMA, workspace_tables
-from tests.mailbox import Mail, Sandbox, ts
+from tests.mailbox import AS_OF, Mail, Sandbox, publish_staged, ts
 from transforms.pipeline import Staged
-from warehouse.publish import publish, query_readonly
+from warehouse.publish import query_readonly
 
 
 def land_mail(
@@ -53,9 +50,7 @@ def publish_sandbox(
 ) -> Staged:
     """Pipeline build + workspace tables (members, accounts, grants), published for real."""
     staged = sb.build(previous)
-    tables = dict(staged.tables)
-    tables.update(workspace_tables(sb.ws))
-    publish(warehouse, tables, pl.DataFrame(schema=SYNC_RUN_SCHEMA), run_id)
+    publish_staged(sb.ws, staged, warehouse, AS_OF)
     return staged
 
 

@@ -107,16 +107,12 @@ CREATE TABLE interactions (
     weight     DOUBLE NOT NULL  -- what the interaction adds to connection strength
 );
 
-CREATE TABLE connections (
-    member_id  VARCHAR NOT NULL,
-    person_id  VARCHAR,
-    company_id VARCHAR,
-    score      DOUBLE NOT NULL,
-    strength   VARCHAR NOT NULL
-);
-
-CREATE TABLE person_metrics (
-    person_id                     VARCHAR,
+-- connections, person_metrics and company_metrics are views (sql/scores.sql): a score
+-- decays with time, so it is computed for the run's as_of when queried. The stored
+-- part is below: one activity row per person and per company (the metrics without the
+-- strongest connection), and the decay sums in _rapport_connection_sums.
+CREATE TABLE _rapport_person_activity (
+    person_id                     VARCHAR NOT NULL,
     first_interaction_at          TIMESTAMPTZ,
     last_interaction_at           TIMESTAMPTZ,
     last_interaction_kind         VARCHAR,
@@ -129,14 +125,11 @@ CREATE TABLE person_metrics (
     emails_30d                    BIGINT,
     emails_90d                    BIGINT,
     emails_365d                   BIGINT,
-    meetings_90d                  BIGINT,
-    strongest_connection_member   VARCHAR,
-    strongest_connection_strength VARCHAR,
-    strongest_connection_score    DOUBLE
+    meetings_90d                  BIGINT
 );
 
-CREATE TABLE company_metrics (
-    company_id                    VARCHAR,
+CREATE TABLE _rapport_company_activity (
+    company_id                    VARCHAR NOT NULL,
     first_interaction_at          TIMESTAMPTZ,
     last_interaction_at           TIMESTAMPTZ,
     last_interaction_kind         VARCHAR,
@@ -149,10 +142,7 @@ CREATE TABLE company_metrics (
     emails_30d                    BIGINT,
     emails_90d                    BIGINT,
     emails_365d                   BIGINT,
-    meetings_90d                  BIGINT,
-    strongest_connection_member   VARCHAR,
-    strongest_connection_strength VARCHAR,
-    strongest_connection_score    DOUBLE
+    meetings_90d                  BIGINT
 );
 
 -- Items a connector could not parse, with the reason (never their content).
@@ -200,7 +190,7 @@ CREATE TABLE _rapport_blocked_threads (account_id VARCHAR, thread_id VARCHAR);
 CREATE TABLE _rapport_connection_sums (
     member_id VARCHAR NOT NULL,
     person_id VARCHAR NOT NULL,
-    f_sent DOUBLE, l_sent DOUBLE,   -- decay sums at _rapport_build.as_of
+    f_sent DOUBLE, l_sent DOUBLE,   -- decay sums anchored at 2020-01-01 UTC (metrics.py)
     f_recv DOUBLE, l_recv DOUBLE,   -- f_: 45-day half-life, l_: 365-day
     f_meet DOUBLE, l_meet DOUBLE
 );
