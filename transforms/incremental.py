@@ -48,17 +48,24 @@ from transforms.pipeline import (
     message_flags_table,
     messages_table,
     normalise_blocklist,
+    people_addresses,
     person_key_map,
     read_events,
     read_quarantine,
     scan_files,
     with_contacts,
 )
-from transforms.records import build_people, erc_off_intervals, name_counts, person_candidates
+from transforms.records import (
+    address_keys,
+    build_people,
+    erc_off_intervals,
+    name_counts,
+    person_candidates,
+)
 from transforms.rules import split_blocked, with_direction, with_internal_flag
 
 # Bump when the meaning of the kept state changes: older warehouses then rebuild in full.
-STATE_VERSION = "2"
+STATE_VERSION = "3"
 # Windows of the metrics (days): time moving past their edges changes a person's row.
 WINDOW_DAYS = (0, 30, 90, 365)
 INTERACTION_KEY = ["member_id", "person_id", "source_key"]
@@ -83,6 +90,7 @@ class Previous:
     blocked_threads: pl.DataFrame
     connection_sums: pl.DataFrame
     name_parts: pl.DataFrame
+    address_keys: pl.DataFrame
     published_messages: int
 
 
@@ -242,7 +250,7 @@ def build_delta(
         )
     ).collect()
     people, name_parts = build_people(
-        candidates, counts.lazy(), previous.people, previous.name_parts
+        candidates, counts.lazy(), previous.people, previous.name_parts, previous.address_keys
     )
     new_people = people.join(previous.people.select("person_id"), on="person_id", how="anti")
     last_used = (
@@ -273,7 +281,8 @@ def build_delta(
     # --- 5. interactions: new rows, merged with existing rows of the same source, plus
     # the kept history of addresses that became people in this run
     delta_keys = delta_counts.select("canonical_key").collect()
-    people_keys = person_key_map(people)  # normalises every address of every person: once
+    keys = address_keys(people_addresses(people), previous.address_keys)
+    people_keys = person_key_map(people, keys)
     rows, contact_rows = interaction_rows(
         visible,
         vparts,
@@ -285,7 +294,9 @@ def build_delta(
     )
     # Keys of the new records, mapped to whoever holds them after merges.
     promoted = (
-        person_key_map(new_people).select("canonical_key").join(people_keys, on="canonical_key")
+        person_key_map(new_people, keys)
+        .select("canonical_key")
+        .join(people_keys, on="canonical_key")
     )
     history_rows = (
         lookup.contact_history(promoted["canonical_key"])
@@ -422,6 +433,7 @@ def build_delta(
             counts, previous.name_counts, ["canonical_key", "email", "name"]
         ),
         "_rapport_last_used": changed_rows(last_used, previous.last_used, ["email"]),
+        "_rapport_address_keys": changed_rows(keys, previous.address_keys, ["address"]),
         "_rapport_name_parts": changed_rows(
             name_parts, previous.name_parts, [name_parts.columns[0]]
         ),

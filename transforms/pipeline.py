@@ -40,6 +40,7 @@ from transforms.metrics import (
     person_connection_sums,
 )
 from transforms.records import (
+    address_keys,
     build_companies,
     build_people,
     erc_off_intervals,
@@ -144,6 +145,7 @@ def state_tables(
     connection_sums: pl.DataFrame,
     contact_history: pl.DataFrame,
     name_parts: pl.DataFrame,
+    address_keys: pl.DataFrame,
     files: dict[str, list[str]],
     lake_dir: Path,
 ) -> dict[str, pl.DataFrame]:
@@ -158,6 +160,7 @@ def state_tables(
         "_rapport_connection_sums": connection_sums.select("member_id", "person_id", *SUM_COLUMNS),
         "_rapport_contact_history": contact_history,
         "_rapport_name_parts": name_parts,
+        "_rapport_address_keys": address_keys,
         "_rapport_lake_files": pl.DataFrame(
             {"path": [lake_file_id(lake_dir, f) for fs in files.values() for f in fs]},
             schema={"path": pl.String},
@@ -284,7 +287,8 @@ def build(
 
     lap("merges_linking")
     # --- 5. interactions and metrics
-    person_keys = person_key_map(people)
+    address_key_map = address_keys(people_addresses(people))
+    person_keys = person_key_map(people, address_key_map)
     interactions, contact_history = interaction_rows(
         visible, vparts, events, att, with_contacts(person_keys, counts), people, frames
     )
@@ -326,6 +330,7 @@ def build(
             connection_sums=sums,
             contact_history=contact_history,
             name_parts=name_parts,
+            address_keys=address_key_map,
             files=files,
             lake_dir=lake_dir,
         )
@@ -532,16 +537,22 @@ def normalise_blocklist(blocklist: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([addr.drop_nulls("entry"), dom])
 
 
-def person_key_map(people: pl.DataFrame) -> pl.DataFrame:
-    """canonical_key -> person_id over every address a person holds."""
+def person_key_map(people: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
+    """canonical_key -> person_id over every address a person holds.
+
+    `keys` maps each of those addresses to its canonical key (`records.address_keys`).
+    """
     exploded = people.select("person_id", address="email_addresses").explode("address")
     return (
-        normalise_addresses(exploded.lazy(), "address")
+        exploded.join(keys, on="address", how="left", maintain_order="left")
         .select("canonical_key", "person_id")
         .drop_nulls()
-        .unique("canonical_key", keep="first")
-        .collect()
+        .unique("canonical_key", keep="first", maintain_order=True)
     )
+
+
+def people_addresses(people: pl.DataFrame) -> pl.Series:
+    return people["email_addresses"].explode()
 
 
 def message_flags_table(

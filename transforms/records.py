@@ -249,11 +249,13 @@ def build_people(
     participants: pl.LazyFrame,
     previous: pl.DataFrame | None,
     known_name_parts: pl.DataFrame | None = None,
+    known_keys: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """People keyed by canonical address, merged with the previous run's records.
 
     Also returns the split of each display name used (kept, so a later run parses only
-    names it has not seen).
+    names it has not seen). `known_keys` (address -> canonical_key, see `address_keys`)
+    spares normalising addresses an earlier run already did.
     """
     created = (
         candidates.group_by("canonical_key")
@@ -264,7 +266,7 @@ def build_people(
         .sort("canonical_key")
         .collect()
     )
-    prev_keys = _previous_key_map(previous)
+    prev_keys = _previous_key_map(previous, known_keys)
     new_keys = created.join(prev_keys, on="canonical_key", how="anti")
     new_people = new_keys.with_columns(person_id=hash_ids("per", new_keys["canonical_key"]))
     key_map = pl.concat(
@@ -376,21 +378,46 @@ def _carried_forward(
     )
 
 
-def _previous_key_map(previous: pl.DataFrame | None) -> pl.DataFrame:
+def _previous_key_map(
+    previous: pl.DataFrame | None, known_keys: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """canonical key -> person id for every address of every previous person."""
-    from transforms.addresses import normalise_addresses  # vectorised, per distinct address
-
     if previous is None or previous.is_empty():
         return pl.DataFrame(schema={"canonical_key": pl.String, "person_id": pl.String})
     exploded = previous.select("person_id", address="email_addresses").explode("address")
+    keys = address_keys(exploded["address"], known_keys)
     return (
-        normalise_addresses(exploded.drop_nulls().lazy(), "address")
-        .collect()
+        exploded.join(keys, on="address", how="left", maintain_order="left")
         .drop_nulls("canonical_key")
-        .sort("person_id")
+        .sort("person_id", maintain_order=True)
         .unique("canonical_key", keep="first", maintain_order=True)
         .select("canonical_key", "person_id")
     )
+
+
+ADDRESS_KEYS_SCHEMA = {"address": pl.String, "canonical_key": pl.String}
+
+
+def address_keys(addresses: pl.Series, known: pl.DataFrame | None = None) -> pl.DataFrame:
+    """(address, canonical_key) for each distinct address (the key is null if invalid).
+
+    `known` (an earlier result, kept in the warehouse) answers the addresses it holds;
+    only the others are normalised.
+    """
+    from transforms.addresses import normalise_addresses  # vectorised, per distinct address
+
+    distinct = addresses.drop_nulls().unique().to_frame("address")
+    hits = pl.DataFrame(schema=ADDRESS_KEYS_SCHEMA)
+    if known is not None and known.height:
+        hits = distinct.join(known.cast(ADDRESS_KEYS_SCHEMA), on="address")
+        distinct = distinct.join(hits, on="address", how="anti")
+    fresh = (
+        normalise_addresses(distinct.lazy(), "address")
+        .select("address", "canonical_key")
+        .collect()
+        .cast(ADDRESS_KEYS_SCHEMA)
+    )
+    return pl.concat([hits, fresh]).sort("address")
 
 
 def company_name_from_domain(domain: pl.Expr) -> pl.Expr:

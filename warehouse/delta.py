@@ -28,6 +28,7 @@ STATE_TABLES = (
     "_rapport_connection_sums",
     "_rapport_contact_history",
     "_rapport_name_parts",
+    "_rapport_address_keys",
 )
 
 
@@ -81,6 +82,7 @@ def read_state(con: duckdb.DuckDBPyConnection) -> tuple[Previous, set[str]] | No
         blocked_threads=table("_rapport_blocked_threads"),
         connection_sums=table("_rapport_connection_sums"),
         name_parts=table("_rapport_name_parts"),
+        address_keys=table("_rapport_address_keys"),
         published_messages=con.execute("SELECT count(*) FROM messages").fetchall()[0][0],
     )
     return previous, files

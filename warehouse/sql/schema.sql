@@ -195,6 +195,10 @@ CREATE TABLE _rapport_connection_sums (
     f_meet DOUBLE, l_meet DOUBLE
 );
 
+-- Every address of every person with its canonical key (NULL: not a valid address), so
+-- a run normalises only addresses it has not seen.
+CREATE TABLE _rapport_address_keys (address VARCHAR NOT NULL, canonical_key VARCHAR);
+
 -- Would-be interactions with addresses that are not people (yet): when one becomes a
 -- person, its history is here, not only in the lake.
 CREATE TABLE _rapport_contact_history (
