@@ -610,11 +610,18 @@ def _stage_delta(home: Home, frames: WorkspaceFrames, fp: str, run_id: str) -> _
         return "no published warehouse yet"
     from transforms.incremental import Fallback, build_delta
     from transforms.pipeline import lake_file_id, lake_files
-    from warehouse.delta import DuckLookup, discard, open_copy, read_state
+    from warehouse.delta import DuckLookup, copy_live, discard, open_copy, open_live, read_state
+    from warehouse.publish import building_path
 
-    tmp, con = open_copy(home.warehouse, run_id)
+    # The copy the run is written into is made in a thread (the kernel copies, off the
+    # GIL) while the live file, read-only, answers the build's questions.
+    copier = ThreadPoolExecutor(max_workers=1)
+    copied = copier.submit(copy_live, home.warehouse, run_id)
+    copier.shutdown(wait=False)
+    tmp = building_path(home.warehouse, run_id)
+    live = open_live(home.warehouse)
     try:
-        state = read_state(con)
+        state = read_state(live)
         if state is None:
             raise Fallback("the warehouse holds no build state")
         previous, seen = state
@@ -625,12 +632,18 @@ def _stage_delta(home: Home, frames: WorkspaceFrames, fp: str, run_id: str) -> _
         if not seen <= set(ids.values()):
             raise Fallback("lake files were rewritten (compaction or purge)")
         new = {t: [f for f in files if ids[f] not in seen] for t, files in current.items()}
-        staged = build_delta(frames, previous, new, DuckLookup(con))
+        staged = build_delta(frames, previous, new, DuckLookup(live))
+        live.close()
+        con = open_copy(copied.result())
     except Fallback as why:
-        discard(tmp, con)
+        live.close()
+        wait([copied])
+        discard(tmp)
         return str(why)
     except Exception as exc:  # the full build is the reference: a sync still completes
-        discard(tmp, con)
+        live.close()
+        wait([copied])
+        discard(tmp)
         log.warning("incremental build failed, building in full", exc_info=True)
         return f"incremental build failed ({type(exc).__name__}: {exc})"
     return _DeltaRun(staged, tmp, con, home, [ids[f] for files in new.values() for f in files])

@@ -1,10 +1,10 @@
 """Incremental publish: apply a staged delta to a copy of the live warehouse, then swap.
 
-The live file is copied (a page-cache copy: ~0.1 s for a million messages), the copy
-is changed in one transaction, checkpointed, fsynced and renamed over the live file.
-Analysts keep their snapshot exactly as with a full publish, and a failed run leaves
-the live file untouched. The copy also answers the incremental build's questions
-(`DuckLookup`) before it is changed.
+The live file is copied (a page-cache copy: ~0.05 s for a million messages, in a
+thread while the build runs), the copy is changed in one transaction, checkpointed,
+fsynced and renamed over the live file. Analysts keep their snapshot exactly as with a
+full publish, and a failed run leaves the live file untouched. The live file, opened
+read-only, answers the incremental build's questions (`DuckLookup`) meanwhile.
 """
 
 from __future__ import annotations
@@ -37,18 +37,31 @@ def _utc(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(pl.col(pl.Datetime).dt.convert_time_zone("UTC"))
 
 
-def open_copy(warehouse: Path, run_id: str) -> tuple[Path, duckdb.DuckDBPyConnection]:
+def open_live(warehouse: Path) -> duckdb.DuckDBPyConnection:
+    """The published file, read-only: it answers the build's questions while it is copied."""
+    con = duckdb.connect(str(warehouse), read_only=True)
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def copy_live(warehouse: Path, run_id: str) -> Path:
+    """A copy of the live file to write the run into (a page-cache copy, off the GIL)."""
     tmp = building_path(warehouse, run_id)
     shutil.copyfile(warehouse, tmp)
+    return tmp
+
+
+def open_copy(tmp: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(str(tmp))
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET preserve_insertion_order = false")
     con.execute("SET memory_limit = '1GB'")
-    return tmp, con
+    return con
 
 
-def discard(tmp: Path, con: duckdb.DuckDBPyConnection) -> None:
-    con.close()
+def discard(tmp: Path, con: duckdb.DuckDBPyConnection | None = None) -> None:
+    if con is not None:
+        con.close()
     for path in (tmp, tmp.with_name(tmp.name + ".wal")):
         path.unlink(missing_ok=True)
 
@@ -156,8 +169,7 @@ def apply_delta(
             con.execute(f'DELETE FROM "{name}" t USING delete_keys k WHERE {match}')
             con.unregister("delete_keys")
         for name, frame in {**staged.replace, **whole_tables}.items():
-            con.execute(f'DELETE FROM "{name}"')
-            rows += insert_frame(con, name, frame)
+            rows += write_whole(con, name, frame)
         for name, upsert in staged.upsert.items():
             keys = upsert.delete_keys()
             if not keys.is_empty():
@@ -177,15 +189,31 @@ def apply_delta(
 
 
 def replace_table(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> None:
-    """One small table rewritten whole, in its own transaction."""
+    """One small table made to hold `frame`, in its own transaction."""
     con.execute("BEGIN")
     try:
-        con.execute(f'DELETE FROM "{name}"')
-        insert_frame(con, name, frame)
+        write_whole(con, name, frame)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
         raise
+
+
+def write_whole(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> int:
+    """Make a small table hold exactly `frame`, writing as little as that takes.
+
+    An unchanged table is not touched and new rows alone are appended: the checkpoint
+    before the swap costs ~5 ms per changed table, more than the rows themselves.
+    Returns rows written.
+    """
+    current = _utc(con.sql(f'SELECT * FROM "{name}"').pl()).select(frame.columns)
+    current = current.cast(frame.schema)
+    added = frame.join(current, on=frame.columns, how="anti", nulls_equal=True)
+    gone = current.join(frame, on=frame.columns, how="anti", nulls_equal=True)
+    if gone.is_empty() and current.height + added.height == frame.height:
+        return insert_frame(con, name, added)
+    con.execute(f'DELETE FROM "{name}"')
+    return insert_frame(con, name, frame)
 
 
 def swap_in(tmp: Path, con: duckdb.DuckDBPyConnection, warehouse: Path) -> None:
