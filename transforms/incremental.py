@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -181,6 +182,24 @@ def build_delta(
 ) -> DeltaStaged:
     """Stage the changes a run over `new_files` makes to the published warehouse."""
     lap = Laps()
+    # The slowest questions (scans of the big tables) run in threads meanwhile.
+    background = ThreadPoolExecutor(max_workers=2)
+    try:
+        return _build_delta(frames, previous, new_files, lookup, max_share, lap, background)
+    finally:
+        background.shutdown(wait=True, cancel_futures=True)
+
+
+def _build_delta(
+    frames: WorkspaceFrames,
+    previous: Previous,
+    new_files: dict[str, list[str]],
+    lookup: Lookup,
+    max_share: float,
+    lap: Laps,
+    background: ThreadPoolExecutor,
+) -> DeltaStaged:
+    around_rows = background.submit(lookup.rows_between, time_ranges(previous.as_of, frames.as_of))
     as_of = frames.as_of
     if as_of < previous.as_of:
         raise Fallback("as_of is earlier than the published run's")
@@ -195,8 +214,9 @@ def build_delta(
     msgs = current_messages(raw_msgs.lazy()).collect()
     if msgs["blocked"].any():
         raise Fallback("the delta holds blocklist markers")
-    if lookup.count_matching("messages", _message_keys(msgs, "message_id", "message_key")):
-        raise Fallback("the delta changes published messages")
+    seen_messages = background.submit(
+        lookup.count_matching, "messages", _message_keys(msgs, "message_id", "message_key")
+    )
     msgs = msgs.with_row_index("_mid")
     parts = current_participants(scan_files(new_files["participants"], "participants"), msgs.lazy())
     parts = with_internal_flag(parts, internal_addresses, internal_domains).collect()
@@ -316,8 +336,9 @@ def build_delta(
     # member): a no-op unless it would change the kept row.
     # Every stored row of each source the delta or the clock touches: one scan serves
     # the repeat check below and the window counts of people and companies.
-    ranges = time_ranges(previous.as_of, as_of)
-    around = lookup.rows_between(ranges).cast(INTERACTIONS_SCHEMA)
+    if seen_messages.result():
+        raise Fallback("the delta changes published messages")
+    around = around_rows.result().cast(INTERACTIONS_SCHEMA)
     sources = pl.concat([merged["source_key"], around["source_key"]]).unique()
     by_source = lookup.rows_with_sources(sources).cast(INTERACTIONS_SCHEMA)
     existing = by_source.join(merged.select(INTERACTION_KEY), on=INTERACTION_KEY, how="semi")

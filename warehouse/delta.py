@@ -10,6 +10,8 @@ read-only, answers the incremental build's questions (`DuckLookup`) meanwhile.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -102,23 +104,33 @@ def read_state(con: duckdb.DuckDBPyConnection) -> tuple[Previous, set[str]] | No
 
 
 class DuckLookup:
-    """The incremental build's questions, answered by the warehouse copy."""
+    """The incremental build's questions, answered by the published file.
+
+    Each question runs on its own cursor, so the build can ask some in threads while it
+    works on others (DuckDB releases the GIL).
+    """
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
 
+    @contextmanager
+    def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        cur = self.con.cursor()
+        try:
+            yield cur
+        finally:
+            cur.close()
+
     def count_matching(self, table: str, keys: pl.DataFrame) -> int:
         if keys.is_empty():
             return 0
-        self.con.register("lookup_keys", arrow_view(keys))
-        try:
+        with self._cursor() as cur:
+            cur.register("lookup_keys", arrow_view(keys))
             cols = ", ".join(f'"{c}"' for c in keys.columns)
-            return self.con.execute(
+            return cur.execute(
                 f"SELECT count(*) FROM {table} JOIN (SELECT DISTINCT {cols} FROM lookup_keys) "
                 f"USING ({cols})"
             ).fetchall()[0][0]
-        finally:
-            self.con.unregister("lookup_keys")
 
     def contact_history(self, keys: pl.Series) -> pl.DataFrame:
         return self._where_in("SELECT * FROM _rapport_contact_history", "canonical_key", keys)
@@ -127,7 +139,8 @@ class DuckLookup:
         """Interactions with `at` in any (lo, hi] range."""
         where = " OR ".join('("at" > ? AND "at" <= ?)' for _ in ranges) or "false"
         params = [t for lo_hi in ranges for t in lo_hi]
-        return _utc(self.con.sql(f"SELECT * FROM interactions WHERE {where}", params=params).pl())
+        with self._cursor() as cur:
+            return _utc(cur.sql(f"SELECT * FROM interactions WHERE {where}", params=params).pl())
 
     def rows_with_sources(self, sources: pl.Series) -> pl.DataFrame:
         """Every interaction of each source (all members, people and companies)."""
@@ -143,12 +156,10 @@ class DuckLookup:
     ) -> pl.DataFrame:
         """Rows of `select` whose `column` is one of `ids` (handed over as Arrow, not SQL)."""
         joiner = " AND " if " WHERE " in select else " WHERE "
-        self.con.register("lookup_ids", arrow_view(pl.DataFrame({"id": ids})))
-        try:
+        with self._cursor() as cur:
+            cur.register("lookup_ids", arrow_view(pl.DataFrame({"id": ids})))
             sql = f"{select}{joiner}{column} IN (SELECT id FROM lookup_ids)"
-            return _utc(self.con.sql(sql, params=params or []).pl())
-        finally:
-            self.con.unregister("lookup_ids")
+            return _utc(cur.sql(sql, params=params or []).pl())
 
 
 def apply_delta(

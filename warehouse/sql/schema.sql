@@ -103,7 +103,7 @@ CREATE TABLE interactions (
     account_id VARCHAR NOT NULL,
     kind       VARCHAR NOT NULL,
     "at"       TIMESTAMPTZ NOT NULL,
-    source_key VARCHAR NOT NULL,
+    source_key VARCHAR NOT NULL USING COMPRESSION zstd,  -- Message-IDs: as for messages
     weight     DOUBLE NOT NULL  -- what the interaction adds to connection strength
 );
 
