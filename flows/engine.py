@@ -22,7 +22,7 @@ import polars as pl
 from connectors.mailparse import Blocklist
 from connectors.retry import AuthFailure, RetryPolicy
 from flows.workspace import Account, Home, Workspace, WorkspaceError, iso, utcnow
-from transforms.pipeline import WorkspaceFrames, build, internal_sets, normalise_blocklist
+from transforms.pipeline import WorkspaceFrames, build, normalise_blocklist
 
 log = logging.getLogger("rapport")
 TS = pl.Datetime("us", "UTC")
@@ -508,7 +508,7 @@ def build_and_publish(
         writer.shutdown(wait=False)
     if validate:
         t0 = time.perf_counter()
-        internal, _ = internal_sets(frames)
+        internal, _ = frames.internal
         gate = run_gate(gate_tables, normalise_blocklist(frames.blocklist), internal, as_of)
         timings["validate_s"] = round(time.perf_counter() - t0, 3)
         gate_summary = gate.results

@@ -44,7 +44,6 @@ from transforms.pipeline import (
     WorkspaceFrames,
     finish_records,
     interaction_rows,
-    internal_sets,
     last_used_by_address,
     message_flags_table,
     messages_table,
@@ -203,7 +202,7 @@ def _build_delta(
     as_of = frames.as_of
     if as_of < previous.as_of:
         raise Fallback("as_of is earlier than the published run's")
-    internal_addresses, internal_domains = internal_sets(frames)
+    internal_addresses, internal_domains = frames.internal
 
     # --- the delta: new items only
     raw_msgs = scan_files(new_files["messages"], "messages").collect()
@@ -340,7 +339,36 @@ def _build_delta(
         raise Fallback("the delta changes published messages")
     around = around_rows.result().cast(INTERACTIONS_SCHEMA)
     sources = pl.concat([merged["source_key"], around["source_key"]]).unique()
-    by_source = lookup.rows_with_sources(sources).cast(INTERACTIONS_SCHEMA)
+    by_source_rows = background.submit(lookup.rows_with_sources, sources)
+    # Meanwhile: the rows to append, and the record tables' changes.
+    messages_out = messages_table(visible, vparts)
+    append = {
+        "messages": messages_out,
+        "message_flags": message_flags_table(visible, vparts),
+        "events": events_table(events, att)
+        if events.height
+        else pl.DataFrame(schema=EVENTS_SCHEMA),
+        "quarantine": quarantine.select(
+            "account_id", "stream", "item_id", "reason", "detail", "fetched_at"
+        ),
+        "_rapport_contact_history": contact_rows,
+    }
+    deletes = {"_rapport_contact_history": promoted.select("canonical_key")}
+    counts = counts.select("canonical_key", "email", "name", "n")
+    # Rows whose key is new or whose values changed; the rest of each table stays.
+    upsert = {
+        "people": changed_rows(people, previous.people, ["person_id"]),
+        "companies": changed_rows(companies, previous.companies, ["company_id"]),
+        "_rapport_name_counts": changed_rows(
+            counts, previous.name_counts, ["canonical_key", "email", "name"]
+        ),
+        "_rapport_last_used": changed_rows(last_used, previous.last_used, ["email"]),
+        "_rapport_address_keys": changed_rows(keys, previous.address_keys, ["address"]),
+        "_rapport_name_parts": changed_rows(
+            name_parts, previous.name_parts, [name_parts.columns[0]]
+        ),
+    }
+    by_source = by_source_rows.result().cast(INTERACTIONS_SCHEMA)
     existing = by_source.join(merged.select(INTERACTION_KEY), on=INTERACTION_KEY, how="semi")
     if existing.height:
         cols = list(INTERACTIONS_SCHEMA)
@@ -431,33 +459,8 @@ def _build_delta(
     company_activity = updated("company_id", new_companies["company_id"], companies)
     lap("metrics")
 
-    messages_out = messages_table(visible, vparts)
-    append = {
-        "messages": messages_out,
-        "message_flags": message_flags_table(visible, vparts),
-        "events": events_table(events, att)
-        if events.height
-        else pl.DataFrame(schema=EVENTS_SCHEMA),
-        "quarantine": quarantine.select(
-            "account_id", "stream", "item_id", "reason", "detail", "fetched_at"
-        ),
-        "interactions": delta_interactions,
-        "_rapport_contact_history": contact_rows,
-    }
-    deletes = {"_rapport_contact_history": promoted.select("canonical_key")}
-    counts = counts.select("canonical_key", "email", "name", "n")
-    # Rows whose key is new or whose values changed; the rest of each table stays.
-    upsert = {
-        "people": changed_rows(people, previous.people, ["person_id"]),
-        "companies": changed_rows(companies, previous.companies, ["company_id"]),
-        "_rapport_name_counts": changed_rows(
-            counts, previous.name_counts, ["canonical_key", "email", "name"]
-        ),
-        "_rapport_last_used": changed_rows(last_used, previous.last_used, ["email"]),
-        "_rapport_address_keys": changed_rows(keys, previous.address_keys, ["address"]),
-        "_rapport_name_parts": changed_rows(
-            name_parts, previous.name_parts, [name_parts.columns[0]]
-        ),
+    append["interactions"] = delta_interactions
+    upsert |= {
         "_rapport_connection_sums": Upsert(pair, sums),
         "_rapport_person_activity": Upsert(["person_id"], person_activity),
         "_rapport_company_activity": Upsert(["company_id"], company_activity),

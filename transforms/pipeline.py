@@ -11,6 +11,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 
 import polars as pl
@@ -90,6 +91,11 @@ class WorkspaceFrames:
     extra_company_domains: dict[str, str] = field(default_factory=dict)
     exclude_list_mail: bool = True
     automated_pattern: str | None = None
+
+    @cached_property
+    def internal(self) -> tuple[list[str], list[str]]:
+        """`internal_sets`, computed once per run (the build and the gate both ask)."""
+        return internal_sets(self)
 
 
 @dataclass
@@ -232,7 +238,7 @@ def build(
     previous_merges: pl.DataFrame | None = None,
 ) -> Staged:
     lap = Laps()
-    internal_addresses, internal_domains = internal_sets(frames)
+    internal_addresses, internal_domains = frames.internal
 
     # --- current state of the lake
     files = lake_files(lake_dir, frames)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -78,26 +79,45 @@ def read_state(con: duckdb.DuckDBPyConnection) -> tuple[Previous, set[str]] | No
         return None
 
     def table(name: str) -> pl.DataFrame:
-        return _utc(con.sql(f'SELECT * FROM "{name}"').pl())  # our own table names
+        cur = con.cursor()  # one per thread
+        try:
+            return _utc(cur.sql(f'SELECT * FROM "{name}"').pl())  # our own table names
+        finally:
+            cur.close()
 
+    names = [
+        "people",
+        "companies",
+        "person_merges",
+        "_rapport_person_activity",
+        "_rapport_company_activity",
+        "_rapport_name_counts",
+        "_rapport_last_used",
+        "_rapport_blocked_threads",
+        "_rapport_connection_sums",
+        "_rapport_name_parts",
+        "_rapport_address_keys",
+    ]
+    with ThreadPoolExecutor(max_workers=2) as pool:  # DuckDB scans off the GIL
+        t = dict(zip(names, pool.map(table, names), strict=True))
     files = {r[0] for r in con.execute("SELECT path FROM _rapport_lake_files").fetchall()}
     as_of, fp = build[0]
     previous = Previous(
         as_of=as_of,
         fingerprint=fp,
-        people=table("people"),
-        companies=table("companies"),
-        person_merges=table("person_merges"),
+        people=t["people"],
+        companies=t["companies"],
+        person_merges=t["person_merges"],
         activity={
-            "person_id": table("_rapport_person_activity"),
-            "company_id": table("_rapport_company_activity"),
+            "person_id": t["_rapport_person_activity"],
+            "company_id": t["_rapport_company_activity"],
         },
-        name_counts=table("_rapport_name_counts"),
-        last_used=table("_rapport_last_used"),
-        blocked_threads=table("_rapport_blocked_threads"),
-        connection_sums=table("_rapport_connection_sums"),
-        name_parts=table("_rapport_name_parts"),
-        address_keys=table("_rapport_address_keys"),
+        name_counts=t["_rapport_name_counts"],
+        last_used=t["_rapport_last_used"],
+        blocked_threads=t["_rapport_blocked_threads"],
+        connection_sums=t["_rapport_connection_sums"],
+        name_parts=t["_rapport_name_parts"],
+        address_keys=t["_rapport_address_keys"],
         published_messages=con.execute("SELECT count(*) FROM messages").fetchall()[0][0],
     )
     return previous, files
