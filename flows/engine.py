@@ -615,10 +615,10 @@ def _stage_delta(home: Home, frames: WorkspaceFrames, fp: str, run_id: str) -> _
 
     # The copy the run is written into is made in a thread (the kernel copies, off the
     # GIL) while the live file, read-only, answers the build's questions.
+    tmp = building_path(home.warehouse, run_id)  # (clears a crashed run's leftovers first)
     copier = ThreadPoolExecutor(max_workers=1)
-    copied = copier.submit(copy_live, home.warehouse, run_id)
+    copied = copier.submit(copy_live, home.warehouse, tmp)
     copier.shutdown(wait=False)
-    tmp = building_path(home.warehouse, run_id)
     live = open_live(home.warehouse)
     try:
         state = read_state(live)

@@ -347,6 +347,9 @@ SNAPSHOT_SKIP = {
     # Build bookkeeping: which lake files (compaction renames them) and which path ran.
     "_rapport_lake_files": None,
     "_rapport_build": ["mode"],
+    # A cache of parsed display names: an incremental run keeps names no record uses
+    # any more, a full build has only the names in use. No output depends on the extras.
+    "_rapport_name_parts": None,
 }
 
 

@@ -61,6 +61,7 @@ from transforms.records import (
     erc_off_intervals,
     name_counts,
     person_candidates,
+    touched_people,
 )
 from transforms.rules import split_blocked, with_direction, with_internal_flag
 
@@ -268,8 +269,32 @@ def _build_delta(
             ]
         )
     ).collect()
-    people, name_parts = build_people(
-        candidates, counts.lazy(), previous.people, previous.name_parts, previous.address_keys
+    # Only people the delta brings evidence for (or that absorbed a merge: their record
+    # is redone from all their addresses) can change here; the rest keep their row, and
+    # company links are redone for everyone below.
+    candidates = candidates.collect()
+    evidence_keys = pl.concat(
+        [candidates["canonical_key"], delta_counts.select("canonical_key").collect().to_series()]
+    )
+    redo = touched_people(
+        previous.people, evidence_keys, previous.address_keys, previous.person_merges["survivor_id"]
+    )
+    redone, parts = build_people(
+        candidates.lazy(),
+        counts.lazy().filter(pl.col("canonical_key").is_in(redo.keys.implode())),
+        previous.people.filter(pl.col("person_id").is_in(redo.person_ids.implode())),
+        previous.name_parts,
+        previous.address_keys,
+    )
+    kept_people = previous.people.filter(
+        ~pl.col("person_id").is_in(redo.person_ids.implode())
+    ).with_columns(company_id=pl.lit(None, pl.String))
+    people = pl.concat([kept_people.select(redone.columns).cast(redone.schema), redone]).sort(
+        "person_id"
+    )
+    # A cache of parsed display names: it keeps names no record uses any more.
+    name_parts = pl.concat([previous.name_parts.cast(parts.schema), parts]).unique(
+        "display_name", keep="last"
     )
     new_people = people.join(previous.people.select("person_id"), on="person_id", how="anti")
     last_used = (

@@ -7,6 +7,7 @@ only ever gain addresses; ids are stable hashes of the key that created them.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import polars as pl
 from nameparser import HumanName
@@ -393,6 +394,34 @@ def _previous_key_map(
         .unique("canonical_key", keep="first", maintain_order=True)
         .select("canonical_key", "person_id")
     )
+
+
+@dataclass
+class Touched:
+    person_ids: pl.Series  # previous people whose record must be rebuilt
+    keys: pl.Series  # their canonical keys plus the evidence keys (new people's too)
+
+
+def touched_people(
+    previous: pl.DataFrame,
+    evidence_keys: pl.Series,
+    known_keys: pl.DataFrame | None,
+    always: pl.Series,
+) -> Touched:
+    """The previous people whose record new evidence (canonical keys) can change.
+
+    build_people gives every other previous person the row they already have, so an
+    incremental run rebuilds just these. `always`: ids rebuilt regardless (survivors of
+    merges, whose record build_people redoes from all their addresses).
+    """
+    key_map = _previous_key_map(previous, known_keys)
+    ids = (
+        key_map.filter(pl.col("canonical_key").is_in(evidence_keys.implode()))["person_id"]
+        .append(always.cast(pl.String))
+        .unique()
+    )
+    keys = key_map.filter(pl.col("person_id").is_in(ids.implode()))["canonical_key"]
+    return Touched(ids, keys.append(evidence_keys).unique())
 
 
 ADDRESS_KEYS_SCHEMA = {"address": pl.String, "canonical_key": pl.String}

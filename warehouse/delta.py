@@ -20,7 +20,7 @@ import duckdb
 import polars as pl
 
 from transforms.incremental import DeltaStaged, Previous
-from warehouse.publish import arrow_view, building_path, insert_frame, swap_file
+from warehouse.publish import arrow_view, insert_frame, swap_file
 
 STATE_TABLES = (
     "_rapport_build",
@@ -47,9 +47,8 @@ def open_live(warehouse: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def copy_live(warehouse: Path, run_id: str) -> Path:
+def copy_live(warehouse: Path, tmp: Path) -> Path:
     """A copy of the live file to write the run into (a page-cache copy, off the GIL)."""
-    tmp = building_path(warehouse, run_id)
     shutil.copyfile(warehouse, tmp)
     return tmp
 
