@@ -299,3 +299,35 @@ def test_an_error_in_the_incremental_path_falls_back_to_a_full_build(tmp_path, m
     assert out.fallback_reason == "incremental build failed (ValueError: a bug)"
     assert not list(home.root.glob(".*.building*"))
     assert_equals_full_rebuild(home, AS_OF)
+
+
+def test_a_later_run_without_new_mail_writes_no_record_rows(tmp_path):
+    """What an incremental run writes follows the delta: with no new mail and no stored
+    interaction crossing a window edge, no person, company, sum or activity row is
+    rewritten, although every score has decayed (scores are views over fixed sums)."""
+    from flows.engine import _stage_delta, workspace_frames
+    from transforms.incremental import fingerprint
+
+    box, home = sandbox_home(tmp_path)
+    box.land(ALICE, HISTORY)
+    publish(home, AS_OF)
+    before = snapshot(home.warehouse)["connections"]
+    later = AS_OF + timedelta(minutes=15)  # no HISTORY mail is within 15 min of an edge
+    frames = workspace_frames(home.load(), later)
+    run = _stage_delta(home, frames, fingerprint(frames), new_run_id())
+    assert not isinstance(run, str), run
+    try:
+        written = {name: u.rows.height for name, u in run.staged.upsert.items()}
+        gone = {
+            name: 0 if u.gone is None else u.gone.height for name, u in run.staged.upsert.items()
+        }
+        assert set(written.values()) == {0}, written
+        assert set(gone.values()) == {0}, gone
+        assert all(f.is_empty() for f in run.staged.append.values())
+    finally:
+        run.discard()
+    publish(home, later)
+    after = snapshot(home.warehouse)["connections"]
+    assert after.height == before.height > 0
+    assert (after["score"] < before["score"]).all()  # 15 minutes of decay, nothing stored
+    assert_equals_full_rebuild(home, later)
