@@ -9,6 +9,7 @@ read-only, answers the incremental build's questions (`DuckLookup`) meanwhile.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -48,8 +49,17 @@ def open_live(warehouse: Path) -> duckdb.DuckDBPyConnection:
 
 
 def copy_live(warehouse: Path, tmp: Path) -> Path:
-    """A copy of the live file to write the run into (a page-cache copy, off the GIL)."""
+    """A copy of the live file to write the run into (a page-cache copy, off the GIL).
+
+    It is fsynced here, in the copying thread: otherwise the checkpoint before the swap
+    pays for flushing the whole copy (measured 0.05 s of its 0.07 s at 1M).
+    """
     shutil.copyfile(warehouse, tmp)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return tmp
 
 
