@@ -122,9 +122,19 @@ class Upsert:
         return pl.concat([keys, self.gone]) if self.gone is not None else keys
 
 
-def changed_rows(new: pl.DataFrame, old: pl.DataFrame, key: list[str]) -> Upsert:
-    """What turns table `old` into `new`: rows that are new or changed, keys that went."""
+def changed_rows(
+    new: pl.DataFrame, old: pl.DataFrame, key: list[str], among: pl.DataFrame | None = None
+) -> Upsert:
+    """What turns table `old` into `new`: rows that are new or changed, keys that went.
+
+    `among`: values of (some of) the key columns outside which the caller knows that
+    nothing changed; only rows with those values are compared.
+    """
     old = old.select(new.columns).cast(new.schema)
+    if among is not None:
+        cols = among.columns
+        new = new.join(among, on=cols, how="semi", nulls_equal=True)
+        old = old.join(among, on=cols, how="semi", nulls_equal=True)
     return Upsert(
         key,
         new.join(old, on=new.columns, how="anti", nulls_equal=True),
@@ -297,8 +307,9 @@ def _build_delta(
         "display_name", keep="last"
     )
     new_people = people.join(previous.people.select("person_id"), on="person_id", how="anti")
+    delta_last_used = last_used_by_address(visible.lazy(), vparts.lazy()).collect()
     last_used = (
-        pl.concat([previous.last_used.lazy(), last_used_by_address(visible.lazy(), vparts.lazy())])
+        pl.concat([previous.last_used.lazy(), delta_last_used.lazy()])
         .group_by("email")
         .agg(last_used_at=pl.max("last_used_at"))
         .collect()
@@ -384,10 +395,16 @@ def _build_delta(
     upsert = {
         "people": changed_rows(people, previous.people, ["person_id"]),
         "companies": changed_rows(companies, previous.companies, ["company_id"]),
+        # counts and last use change only where the delta has rows
         "_rapport_name_counts": changed_rows(
-            counts, previous.name_counts, ["canonical_key", "email", "name"]
+            counts,
+            previous.name_counts,
+            ["canonical_key", "email", "name"],
+            delta_counts.select("canonical_key").unique().collect(),
         ),
-        "_rapport_last_used": changed_rows(last_used, previous.last_used, ["email"]),
+        "_rapport_last_used": changed_rows(
+            last_used, previous.last_used, ["email"], delta_last_used.select("email").unique()
+        ),
         "_rapport_address_keys": changed_rows(keys, previous.address_keys, ["address"]),
         "_rapport_name_parts": changed_rows(
             name_parts, previous.name_parts, [name_parts.columns[0]]

@@ -72,3 +72,11 @@ def test_touched_people_are_those_with_new_evidence_and_merge_survivors():
         "cy@x.io",
         "new@umbrella.io",
     ]
+
+
+def test_changed_rows_among_compares_only_the_given_keys():
+    old = pl.DataFrame({"k": ["a", "b", "c"], "n": [1, 2, 3]})
+    new = pl.DataFrame({"k": ["a", "b", "d"], "n": [9, 2, 4]})
+    out = changed_rows(new, old, ["k"], among=pl.DataFrame({"k": ["a", "b"]}))
+    assert out.rows.to_dicts() == [{"k": "a", "n": 9}]  # d and c lie outside: not compared
+    assert out.gone.is_empty()
