@@ -396,6 +396,7 @@ def activity_table(ids: pl.LazyFrame, key: str, activity: pl.LazyFrame) -> pl.La
 
 
 COUNT_COLUMNS = ["emails_30d", "emails_90d", "emails_365d", "meetings_90d"]
+# Columns of the person_metrics and company_metrics views, after the id.
 METRIC_COLUMNS = [
     "first_interaction_at",
     "last_interaction_at",
@@ -416,8 +417,8 @@ METRIC_COLUMNS = [
 ]
 
 
+# The stored part; the strongest_connection_* columns are added by the views (scores.sql).
 ACTIVITY_COLUMNS = METRIC_COLUMNS[:13]
-STRONGEST_COLUMNS = METRIC_COLUMNS[13:]
 
 
 def person_activity(
