@@ -92,11 +92,14 @@ def run_gate(
     internal_addresses: list[str],
     as_of: datetime,
 ) -> GateResult:
-    for name in ("great_expectations", "great_expectations.data_context.types.base"):
-        logging.getLogger(name).setLevel(logging.ERROR)  # it announces temp dirs at INFO
     import great_expectations as gx  # slow import: only when a gate runs
     import great_expectations.expectations as gxe
     from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    # After the import (which may have run in a prewarming thread and set its own levels):
+    # GX announces its temporary directories at INFO.
+    for name in ("great_expectations", "great_expectations.data_context.types.base"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
