@@ -599,29 +599,36 @@ def activity_update(
         )
     )
     day = timedelta(days=1)
-    changes = []
+    was, now = [], []
     for column, days, mail in WINDOW_COUNTS:
         then_lo, now_lo = previous_as_of - day * days, as_of - day * days
-        per_source = (
-            source_rows.filter(is_email if mail else is_meeting)
-            .group_by(key, "source_key")
-            .agg(
-                was=(~pl.col("is_new") & (at > then_lo) & (at <= previous_as_of)).any(),
-                now=((at > now_lo) & (at <= as_of)).any(),
-            )
-            .group_by(key)
-            .agg((pl.col("now").cast(pl.Int64) - pl.col("was").cast(pl.Int64)).sum().alias(column))
+        of_kind = is_email if mail else is_meeting
+        was.append(
+            (of_kind & ~pl.col("is_new") & (at > then_lo) & (at <= previous_as_of))
+            .any()
+            .alias(f"{column}_was")
         )
-        changes.append(per_source)
+        now.append((of_kind & (at > now_lo) & (at <= as_of)).any().alias(f"{column}_now"))
+    # Per source: in each window then and now; per key: how many sources came in minus out.
+    changes = (
+        source_rows.group_by(key, "source_key")
+        .agg(*was, *now)
+        .group_by(key)
+        .agg(
+            (pl.col(f"{c}_now").cast(pl.Int64) - pl.col(f"{c}_was").cast(pl.Int64))
+            .sum()
+            .alias(f"{c}_change")
+            for c, _, _ in WINDOW_COUNTS
+        )
+    )
     next_meeting = future.filter(at > as_of).group_by(key).agg(next_meeting_at=at.min())
     out = (
         touched.join(previous, on=key, how="left")
         .join(times, on=key, how="left")
         .join(last, on=key, how="left")
         .join(next_meeting.rename({"next_meeting_at": "next_new"}), on=key, how="left")
+        .join(changes, on=key, how="left")
     )
-    for change, (column, _, _) in zip(changes, WINDOW_COUNTS, strict=True):
-        out = out.join(change.rename({column: f"{column}_change"}), on=key, how="left")
     return out.select(
         key,
         first_interaction_at=pl.min_horizontal("first_interaction_at", "e_first"),
