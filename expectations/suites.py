@@ -107,11 +107,7 @@ def run_gate(
     lo = datetime(1971, 1, 1)
     hi = (as_of + timedelta(days=3650)).replace(tzinfo=None)
 
-    # Polars finds the offending rows of each rule (a million messages cost a fraction of
-    # pandas): one row per offence, named by its rule. One GX expectation asserts that
-    # there are none.
-    # GX costs ~15 ms per expectation and batch whatever the data, most of a small run's
-    # gate, so the rules are one batch and one expectation, reported per rule.
+    # One row per offence, named by its rule (see the module docstring for why).
     people, companies = tables["people"], tables["companies"]
     messages, sums = tables["messages"], tables["_rapport_connection_sums"]
     rules = {
@@ -174,11 +170,3 @@ def run_gate(
     if bool(result.success) != (found.height == 0):  # GX and the per-rule counts must agree
         raise RuntimeError(f"quality gate disagrees with its rule counts: {result.result}")
     return GateResult(success=all(r["success"] for r in results), results=results)
-
-
-def _observed(result: dict[str, Any]) -> Any:
-    for key in ("observed_value", "unexpected_count"):
-        if key in result:
-            value = result[key]
-            return value if isinstance(value, int | float | str | None) else str(value)
-    return None
