@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -88,45 +87,26 @@ def read_state(con: duckdb.DuckDBPyConnection) -> tuple[Previous, set[str]] | No
         return None
 
     def table(name: str) -> pl.DataFrame:
-        cur = con.cursor()  # one per thread
-        try:
-            return _utc(cur.sql(f'SELECT * FROM "{name}"').pl())  # our own table names
-        finally:
-            cur.close()
+        return _utc(con.sql(f'SELECT * FROM "{name}"').pl())  # our own table names
 
-    names = [
-        "people",
-        "companies",
-        "person_merges",
-        "_rapport_person_activity",
-        "_rapport_company_activity",
-        "_rapport_name_counts",
-        "_rapport_last_used",
-        "_rapport_blocked_threads",
-        "_rapport_connection_sums",
-        "_rapport_name_parts",
-        "_rapport_address_keys",
-    ]
-    with ThreadPoolExecutor(max_workers=2) as pool:  # DuckDB scans off the GIL
-        t = dict(zip(names, pool.map(table, names), strict=True))
     files = {r[0] for r in con.execute("SELECT path FROM _rapport_lake_files").fetchall()}
     as_of, fp = build[0]
     previous = Previous(
         as_of=as_of,
         fingerprint=fp,
-        people=t["people"],
-        companies=t["companies"],
-        person_merges=t["person_merges"],
+        people=table("people"),
+        companies=table("companies"),
+        person_merges=table("person_merges"),
         activity={
-            "person_id": t["_rapport_person_activity"],
-            "company_id": t["_rapport_company_activity"],
+            "person_id": table("_rapport_person_activity"),
+            "company_id": table("_rapport_company_activity"),
         },
-        name_counts=t["_rapport_name_counts"],
-        last_used=t["_rapport_last_used"],
-        blocked_threads=t["_rapport_blocked_threads"],
-        connection_sums=t["_rapport_connection_sums"],
-        name_parts=t["_rapport_name_parts"],
-        address_keys=t["_rapport_address_keys"],
+        name_counts=table("_rapport_name_counts"),
+        last_used=table("_rapport_last_used"),
+        blocked_threads=table("_rapport_blocked_threads"),
+        connection_sums=table("_rapport_connection_sums"),
+        name_parts=table("_rapport_name_parts"),
+        address_keys=table("_rapport_address_keys"),
         published_messages=con.execute("SELECT count(*) FROM messages").fetchall()[0][0],
     )
     return previous, files
@@ -202,21 +182,12 @@ def apply_delta(
     con.execute("BEGIN")
     try:
         for name, keys in staged.deletes.items():
-            if keys.is_empty():
-                continue
-            con.register("delete_keys", arrow_view(keys.unique()))
-            match = " AND ".join(f't."{c}" = k."{c}"' for c in keys.columns)
-            con.execute(f'DELETE FROM "{name}" t USING delete_keys k WHERE {match}')
-            con.unregister("delete_keys")
+            delete_keys(con, name, keys)
         for name, frame in {**staged.replace, **whole_tables}.items():
-            rows += write_whole(con, name, frame)
+            con.execute(f'DELETE FROM "{name}"')
+            rows += insert_frame(con, name, frame)
         for name, upsert in staged.upsert.items():
-            keys = upsert.delete_keys()
-            if not keys.is_empty():
-                con.register("delete_keys", arrow_view(keys.unique()))
-                match = " AND ".join(f't."{c}" IS NOT DISTINCT FROM k."{c}"' for c in upsert.key)
-                con.execute(f'DELETE FROM "{name}" t USING delete_keys k WHERE {match}')
-                con.unregister("delete_keys")
+            delete_keys(con, name, upsert.delete_keys())
             rows += insert_frame(con, name, upsert.rows)
         files = pl.DataFrame({"path": new_lake_files}, schema={"path": pl.String})
         for name, frame in {**staged.append, "_rapport_lake_files": files}.items():
@@ -228,32 +199,29 @@ def apply_delta(
     return rows
 
 
+def delete_keys(con: duckdb.DuckDBPyConnection, name: str, keys: pl.DataFrame) -> None:
+    """Delete the rows of table `name` whose key columns (those of `keys`) match a row of
+    `keys`; a NULL key matches a NULL."""
+    if keys.is_empty():
+        return
+    con.register("delete_keys", arrow_view(keys.unique()))
+    try:
+        match = " AND ".join(f't."{c}" IS NOT DISTINCT FROM k."{c}"' for c in keys.columns)
+        con.execute(f'DELETE FROM "{name}" t USING delete_keys k WHERE {match}')
+    finally:
+        con.unregister("delete_keys")
+
+
 def replace_table(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> None:
-    """One small table made to hold `frame`, in its own transaction."""
+    """One small table rewritten whole, in its own transaction."""
     con.execute("BEGIN")
     try:
-        write_whole(con, name, frame)
+        con.execute(f'DELETE FROM "{name}"')
+        insert_frame(con, name, frame)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
         raise
-
-
-def write_whole(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> int:
-    """Make a small table hold exactly `frame`, writing as little as that takes.
-
-    An unchanged table is not touched and new rows alone are appended: the checkpoint
-    before the swap costs ~5 ms per changed table, more than the rows themselves.
-    Returns rows written.
-    """
-    current = _utc(con.sql(f'SELECT * FROM "{name}"').pl()).select(frame.columns)
-    current = current.cast(frame.schema)
-    added = frame.join(current, on=frame.columns, how="anti", nulls_equal=True)
-    gone = current.join(frame, on=frame.columns, how="anti", nulls_equal=True)
-    if gone.is_empty() and current.height + added.height == frame.height:
-        return insert_frame(con, name, added)
-    con.execute(f'DELETE FROM "{name}"')
-    return insert_frame(con, name, frame)
 
 
 def swap_in(tmp: Path, con: duckdb.DuckDBPyConnection, warehouse: Path) -> None:
