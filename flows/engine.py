@@ -635,18 +635,16 @@ def _stage_delta(home: Home, frames: WorkspaceFrames, fp: str, run_id: str) -> _
         staged = build_delta(frames, previous, new, DuckLookup(live))
         live.close()
         con = open_copy(copied.result())
+        return _DeltaRun(staged, tmp, con, home, [ids[f] for files in new.values() for f in files])
     except Fallback as why:
-        live.close()
-        wait([copied])
-        discard(tmp)
-        return str(why)
+        reason = str(why)
     except Exception as exc:  # the full build is the reference: a sync still completes
-        live.close()
-        wait([copied])
-        discard(tmp)
         log.warning("incremental build failed, building in full", exc_info=True)
-        return f"incremental build failed ({type(exc).__name__}: {exc})"
-    return _DeltaRun(staged, tmp, con, home, [ids[f] for files in new.values() for f in files])
+        reason = f"incremental build failed ({type(exc).__name__}: {exc})"
+    live.close()
+    wait([copied])
+    discard(tmp)
+    return reason
 
 
 def workspace_tables(ws: Workspace) -> dict[str, pl.DataFrame]:
