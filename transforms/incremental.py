@@ -48,8 +48,6 @@ from transforms.pipeline import (
     message_flags_table,
     messages_table,
     normalise_blocklist,
-    people_addresses,
-    person_key_map,
     read_events,
     read_quarantine,
     scan_files,
@@ -60,7 +58,9 @@ from transforms.records import (
     build_people,
     erc_off_intervals,
     name_counts,
+    people_addresses,
     person_candidates,
+    person_key_map,
     touched_people,
 )
 from transforms.rules import split_blocked, with_direction, with_internal_flag

@@ -47,7 +47,9 @@ from transforms.records import (
     erc_off_intervals,
     link_people,
     name_counts,
+    people_addresses,
     person_candidates,
+    person_key_map,
 )
 from transforms.rules import message_key, split_blocked, with_direction, with_internal_flag
 
@@ -541,24 +543,6 @@ def normalise_blocklist(blocklist: pl.DataFrame) -> pl.DataFrame:
         kind="kind",
     )
     return pl.concat([addr.drop_nulls("entry"), dom])
-
-
-def person_key_map(people: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
-    """canonical_key -> person_id over every address a person holds.
-
-    `keys` maps each of those addresses to its canonical key (`records.address_keys`).
-    """
-    exploded = people.select("person_id", address="email_addresses").explode("address")
-    return (
-        exploded.join(keys, on="address", how="left", maintain_order="left")
-        .select("canonical_key", "person_id")
-        .drop_nulls()
-        .unique("canonical_key", keep="first", maintain_order=True)
-    )
-
-
-def people_addresses(people: pl.DataFrame) -> pl.Series:
-    return people["email_addresses"].explode()
 
 
 def message_flags_table(

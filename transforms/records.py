@@ -382,17 +382,30 @@ def _carried_forward(
 def _previous_key_map(
     previous: pl.DataFrame | None, known_keys: pl.DataFrame | None = None
 ) -> pl.DataFrame:
-    """canonical key -> person id for every address of every previous person."""
+    """canonical key -> person id for every address of every previous person (a key two
+    people hold goes to the smaller id)."""
     if previous is None or previous.is_empty():
         return pl.DataFrame(schema={"canonical_key": pl.String, "person_id": pl.String})
-    exploded = previous.select("person_id", address="email_addresses").explode("address")
-    keys = address_keys(exploded["address"], known_keys)
+    keys = address_keys(people_addresses(previous), known_keys)
+    return person_key_map(previous.sort("person_id", maintain_order=True), keys)
+
+
+def people_addresses(people: pl.DataFrame) -> pl.Series:
+    return people["email_addresses"].explode()
+
+
+def person_key_map(people: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
+    """canonical_key -> person_id over every address a person holds (a key two people
+    hold goes to the first of them).
+
+    `keys` maps each of those addresses to its canonical key (`address_keys`).
+    """
+    exploded = people.select("person_id", address="email_addresses").explode("address")
     return (
         exploded.join(keys, on="address", how="left", maintain_order="left")
-        .drop_nulls("canonical_key")
-        .sort("person_id", maintain_order=True)
-        .unique("canonical_key", keep="first", maintain_order=True)
         .select("canonical_key", "person_id")
+        .drop_nulls()
+        .unique("canonical_key", keep="first", maintain_order=True)
     )
 
 
