@@ -270,12 +270,13 @@ def _build_delta(
     )
     delta_counts = name_counts(
         pl.concat([vparts.lazy().select(NAME_SOURCE), att.lazy().select(NAME_SOURCE)])
-    )
+    ).collect()  # read several times below: computed once
+    delta_keys = delta_counts.select("canonical_key")
     counts = name_counts(
         pl.concat(
             [
                 previous.name_counts.lazy().with_columns(valid=pl.lit(True)),
-                delta_counts.select("canonical_key", "email", "name", "n", "valid"),
+                delta_counts.lazy().select("canonical_key", "email", "name", "n", "valid"),
             ]
         )
     ).collect()
@@ -283,9 +284,7 @@ def _build_delta(
     # is redone from all their addresses) can change here; the rest keep their row, and
     # company links are redone for everyone below.
     candidates = candidates.collect()
-    evidence_keys = pl.concat(
-        [candidates["canonical_key"], delta_counts.select("canonical_key").collect().to_series()]
-    )
+    evidence_keys = pl.concat([candidates["canonical_key"], delta_keys.to_series()])
     redo = touched_people(
         previous.people, evidence_keys, previous.address_keys, previous.person_merges["survivor_id"]
     )
@@ -335,7 +334,6 @@ def _build_delta(
 
     # --- 5. interactions: new rows, merged with existing rows of the same source, plus
     # the kept history of addresses that became people in this run
-    delta_keys = delta_counts.select("canonical_key").collect()
     keys = address_keys(people_addresses(people), previous.address_keys)
     people_keys = person_key_map(people, keys)
     rows, contact_rows = interaction_rows(
@@ -400,7 +398,7 @@ def _build_delta(
             counts,
             previous.name_counts,
             ["canonical_key", "email", "name"],
-            delta_counts.select("canonical_key").unique().collect(),
+            delta_keys.unique(),
         ),
         "_rapport_last_used": changed_rows(
             last_used, previous.last_used, ["email"], delta_last_used.select("email").unique()
