@@ -26,6 +26,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from importlib.metadata import version
 from typing import Protocol
 
 import polars as pl
@@ -66,7 +67,7 @@ from transforms.records import (
 from transforms.rules import split_blocked, with_direction, with_internal_flag
 
 # Bump when the meaning of the kept state changes: older warehouses then rebuild in full.
-STATE_VERSION = "3"
+STATE_VERSION = "4"
 # Windows of the metrics (days): time moving past their edges changes a person's row.
 WINDOW_DAYS = (0, 30, 90, 365)
 INTERACTION_KEY = ["member_id", "person_id", "source_key"]
@@ -158,6 +159,8 @@ def fingerprint(frames: WorkspaceFrames) -> str:
     live = frames.accounts.filter(pl.col("status") != "removed")
     parts = {
         "state_version": STATE_VERSION,
+        # the kept interactions hold DuckDB's hash(source_key): a new DuckDB rebuilds them
+        "duckdb": version("duckdb"),
         "members": sorted(frames.members.rows()),
         "accounts": sorted(live.select("account_id", "member_id", "provider", "email").rows()),
         "addresses": sorted(frames.account_addresses.rows()),

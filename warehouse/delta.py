@@ -112,6 +112,15 @@ def read_state(con: duckdb.DuckDBPyConnection) -> tuple[Previous, set[str]] | No
     return previous, files
 
 
+# The few interactions matching `where`: their row ids first, from the filter columns
+# alone, then the rows. Selecting every column in one pass decodes all of them for the
+# whole table (0.05 s at 1M messages); this decodes only the blocks holding a match.
+_INTERACTIONS_WHERE = (
+    "SELECT * EXCLUDE (source_hash) FROM interactions"
+    " WHERE rowid IN (SELECT rowid FROM interactions WHERE {where})"
+)
+
+
 class DuckLookup:
     """The incremental build's questions, answered by the published file.
 
@@ -149,11 +158,15 @@ class DuckLookup:
         where = " OR ".join('("at" > ? AND "at" <= ?)' for _ in ranges) or "false"
         params = [t for lo_hi in ranges for t in lo_hi]
         with self._cursor() as cur:
-            return _utc(cur.sql(f"SELECT * FROM interactions WHERE {where}", params=params).pl())
+            return _utc(cur.sql(_INTERACTIONS_WHERE.format(where=where), params=params).pl())
 
     def rows_with_sources(self, sources: pl.Series) -> pl.DataFrame:
         """Every interaction of each source (all members, people and companies)."""
-        return self._where_in("SELECT * FROM interactions", "source_key", sources)
+        with self._cursor() as cur:
+            cur.register("lookup_ids", arrow_view(pl.DataFrame({"id": sources})))
+            where = "source_hash IN (SELECT hash(id) FROM lookup_ids)"
+            exact = " AND source_key IN (SELECT id FROM lookup_ids)"  # (hashes can collide)
+            return _utc(cur.sql(_INTERACTIONS_WHERE.format(where=where) + exact).pl())
 
     def future_meetings(self, column: str, ids: pl.Series, after: datetime) -> pl.DataFrame:
         assert column in ("person_id", "company_id")

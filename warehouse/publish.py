@@ -89,12 +89,17 @@ def arrow_view(frame: pl.DataFrame) -> Any:
     return frame.to_arrow(compat_level=pl.CompatLevel.newest())
 
 
+# Columns the warehouse derives from a staged frame's columns as it inserts them.
+DERIVED_COLUMNS = {"interactions": ", hash(source_key) AS source_hash"}
+
+
 def insert_frame(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> int:
     """Append a frame to a table by column name. Returns rows inserted."""
     if frame.is_empty():
         return 0
     con.register("staged_frame", arrow_view(frame))
-    con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM staged_frame')
+    derived = DERIVED_COLUMNS.get(name, "")
+    con.execute(f'INSERT INTO "{name}" BY NAME SELECT *{derived} FROM staged_frame')
     con.unregister("staged_frame")
     return frame.height
 

