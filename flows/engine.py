@@ -12,7 +12,6 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -471,9 +470,23 @@ def build_and_publish(
     ws = home.load()
     frames = workspace_frames(ws, as_of)
     fp = fingerprint(frames)
+    whole = workspace_tables(ws)
+
+    def build_row(mode: str) -> pl.DataFrame:
+        return pl.DataFrame(
+            {"as_of": [as_of], "fingerprint": [fp], "mode": [mode]},
+            schema={"as_of": TS, "fingerprint": pl.String, "mode": pl.String},
+        )
+
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    delta = _stage_delta(home, frames, fp, run_id) if incremental else "incremental off"
+    delta = (
+        _stage_delta(
+            home, frames, fp, run_id, {**whole, "_rapport_build": build_row("incremental")}
+        )
+        if incremental
+        else "incremental off"
+    )
     if isinstance(delta, str):
         mode, reason, stage = "full", delta, _stage_full(home, frames)
         staged_tables, stats = stage.tables, stage.stats
@@ -485,11 +498,7 @@ def build_and_publish(
     timings["transform_s"] = round(time.perf_counter() - t0, 3)
     timings.update({f"transform.{step}": sec for step, sec in steps.items()})
     log.info("build mode %s%s", mode, f" ({reason})" if reason else "")
-    whole = workspace_tables(ws)
-    whole["_rapport_build"] = pl.DataFrame(
-        {"as_of": [as_of], "fingerprint": [fp], "mode": [mode]},
-        schema={"as_of": TS, "fingerprint": pl.String, "mode": pl.String},
-    )
+    whole["_rapport_build"] = build_row(mode)
     run_row: dict[str, Any] = {
         "run_id": run_id,
         "started_at": iso(started_at),
@@ -500,12 +509,8 @@ def build_and_publish(
         run_id=run_id, status="published", stats=stats, mode=mode, fallback_reason=reason
     )
     gate_summary: list[dict[str, Any]] = []
-    if not isinstance(delta, str):
-        # The copy is written while the gate runs (DuckDB releases the GIL); it is swapped
-        # in only if the gate passes.
-        writer = ThreadPoolExecutor(max_workers=1)
-        written = writer.submit(delta.write, whole)
-        writer.shutdown(wait=False)
+    # An incremental run's writes are already going on in its writer's thread while the
+    # gate runs (DuckDB releases the GIL); the copy is swapped in only if the gate passes.
     if validate:
         t0 = time.perf_counter()
         internal, _ = frames.internal
@@ -514,7 +519,6 @@ def build_and_publish(
         gate_summary = gate.results
         if not gate.success:
             if not isinstance(delta, str):
-                wait([written])
                 delta.discard()
             result.status, result.failures = "failed_expectations", gate.failures()
             append_run(
@@ -545,7 +549,7 @@ def build_and_publish(
         published_rows = delta.row_count()
         run_row["rows_published"] = published_rows
         append_run(home, run_row)
-        delta.finish(written, load_runs(home))
+        delta.finish(load_runs(home))
     timings["publish_s"] = round(time.perf_counter() - t0, 3)
     result.rows_published = published_rows
     result.timings = timings
@@ -566,60 +570,65 @@ def _stage_full(home: Home, frames: WorkspaceFrames) -> Any:
 
 @dataclass
 class _DeltaRun:
-    """A staged incremental run and the warehouse copy it will be written into."""
+    """A staged incremental run and the writer of the warehouse copy it goes into."""
 
     staged: Any
-    tmp: Any
-    con: Any
-    home: Home
-    new_files: list[str]
+    writer: Any  # warehouse.delta.DeltaWriter
 
     def row_count(self) -> int:
         upserts = [u.rows for u in self.staged.upsert.values()]
         frames = [*self.staged.replace.values(), *upserts, *self.staged.append.values()]
         return sum(f.height for f in frames)
 
-    def write(self, whole_tables: dict[str, pl.DataFrame]) -> None:
-        from warehouse.delta import apply_delta
+    def write_rest(self) -> None:
+        """Hand the writer what the build did not hand it on the way."""
+        staged = self.staged
+        rest = {k: v for k, v in staged.append.items() if k not in staged.handed_over}
+        deletes = {k: v for k, v in staged.deletes.items() if k not in staged.handed_over}
+        self.writer.replace(staged.replace)
+        self.writer.upsert(staged.upsert)
+        self.writer.append(rest, deletes)
 
-        apply_delta(self.con, self.staged, whole_tables, self.new_files)
-
-    def finish(self, written: Future[None], sync_runs: pl.DataFrame) -> None:
-        """Wait for the write, add the run log, swap the copy in."""
-        from warehouse.delta import replace_table, swap_in
-
+    def finish(self, sync_runs: pl.DataFrame) -> None:
+        """Add the run log, commit and swap the copy in."""
         try:
-            written.result()
-            replace_table(self.con, "sync_runs", sync_runs)
-            swap_in(self.tmp, self.con, self.home.warehouse)
+            self.writer.replace({"sync_runs": sync_runs})
+            self.writer.finish()
         except BaseException:
             self.discard()
             raise
 
     def discard(self) -> None:
-        from warehouse.delta import discard
-
-        discard(self.tmp, self.con)
+        self.writer.discard()
 
 
-def _stage_delta(home: Home, frames: WorkspaceFrames, fp: str, run_id: str) -> _DeltaRun | str:
-    """Stage an incremental run, or return why this run needs the full build."""
+def _stage_delta(
+    home: Home,
+    frames: WorkspaceFrames,
+    fp: str,
+    run_id: str,
+    whole: dict[str, pl.DataFrame] | None = None,
+) -> _DeltaRun | str:
+    """Stage an incremental run, or return why this run needs the full build.
+
+    `whole`: the small tables every run writes whole; the writer starts on them.
+    """
     if os.environ.get("RAPPORT_INCREMENTAL", "1") == "0":
         return "RAPPORT_INCREMENTAL=0"
     if not home.warehouse.exists():
         return "no published warehouse yet"
     from transforms.incremental import Fallback, build_delta
     from transforms.pipeline import lake_file_id, lake_files
-    from warehouse.delta import DuckLookup, copy_live, discard, open_copy, open_live, read_state
+    from warehouse.delta import DeltaWriter, DuckLookup, open_live, read_state
     from warehouse.publish import building_path
 
-    # The copy the run is written into is made in a thread (the kernel copies, off the
-    # GIL) while the live file, read-only, answers the build's questions.
+    # The writer copies the live file in its thread (the kernel copies, off the GIL) and
+    # writes the run into the copy as the build hands rows over; meanwhile the live file,
+    # read-only, answers the build's questions.
     tmp = building_path(home.warehouse, run_id)  # (clears a crashed run's leftovers first)
-    copier = ThreadPoolExecutor(max_workers=1)
-    copied = copier.submit(copy_live, home.warehouse, tmp)
-    copier.shutdown(wait=False)
+    writer = DeltaWriter(home.warehouse, tmp)
     live = open_live(home.warehouse)
+    previous = None
     try:
         state = read_state(live)
         if state is None:
@@ -632,18 +641,25 @@ def _stage_delta(home: Home, frames: WorkspaceFrames, fp: str, run_id: str) -> _
         if not seen <= set(ids.values()):
             raise Fallback("lake files were rewritten (compaction or purge)")
         new = {t: [f for f in files if ids[f] not in seen] for t, files in current.items()}
-        staged = build_delta(frames, previous, new, DuckLookup(live))
+        new_ids = [ids[f] for files in new.values() for f in files]
+        writer.replace(whole or {})
+        writer.append(
+            {"_rapport_lake_files": pl.DataFrame({"path": new_ids}, {"path": pl.String})}, {}
+        )
+        staged = build_delta(frames, previous, new, DuckLookup(live), on_rows=writer.append)
         live.close()
-        con = open_copy(copied.result())
-        return _DeltaRun(staged, tmp, con, home, [ids[f] for files in new.values() for f in files])
+        run = _DeltaRun(staged, writer)
+        run.write_rest()
+        return run
     except Fallback as why:
         reason = str(why)
     except Exception as exc:  # the full build is the reference: a sync still completes
         log.warning("incremental build failed, building in full", exc_info=True)
         reason = f"incremental build failed ({type(exc).__name__}: {exc})"
+    if previous is not None:
+        previous.settle()  # its tables are read from `live` in a thread
     live.close()
-    wait([copied])
-    discard(tmp)
+    writer.discard()
     return reason
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from importlib.metadata import version
@@ -79,21 +79,67 @@ class Fallback(Exception):
 
 @dataclass
 class Previous:
-    """The last published run's state, read from the warehouse."""
+    """The last published run's state, read from the warehouse.
+
+    `tables` may still be loading (a Future): the build reads the delta meanwhile, and
+    the first use of a table waits for them.
+    """
 
     as_of: datetime
     fingerprint: str
-    people: pl.DataFrame
-    companies: pl.DataFrame
-    person_merges: pl.DataFrame
-    activity: dict[str, pl.DataFrame]  # "person_id" / "company_id" -> activity rows
-    name_counts: pl.DataFrame
-    last_used: pl.DataFrame
-    blocked_threads: pl.DataFrame
-    connection_sums: pl.DataFrame
-    name_parts: pl.DataFrame
-    address_keys: pl.DataFrame
     published_messages: int
+    tables: dict[str, pl.DataFrame] | Future[dict[str, pl.DataFrame]]
+
+    def _table(self, name: str) -> pl.DataFrame:
+        tables = self.tables
+        if isinstance(tables, Future):
+            tables = self.tables = tables.result()
+        return tables[name]
+
+    def settle(self) -> None:
+        """Wait until the tables are read (or failed to be), e.g. before closing their file."""
+        if isinstance(self.tables, Future):
+            wait([self.tables])
+
+    people = property(lambda self: self._table("people"))
+    companies = property(lambda self: self._table("companies"))
+    person_merges = property(lambda self: self._table("person_merges"))
+    name_counts = property(lambda self: self._table("_rapport_name_counts"))
+    last_used = property(lambda self: self._table("_rapport_last_used"))
+    blocked_threads = property(lambda self: self._table("_rapport_blocked_threads"))
+    connection_sums = property(lambda self: self._table("_rapport_connection_sums"))
+    name_parts = property(lambda self: self._table("_rapport_name_parts"))
+    address_keys = property(lambda self: self._table("_rapport_address_keys"))
+    activity = property(  # "person_id" / "company_id" -> activity rows
+        lambda self: {
+            "person_id": self._table("_rapport_person_activity"),
+            "company_id": self._table("_rapport_company_activity"),
+        }
+    )
+
+
+# The tables of the build state `Previous` reads.
+PREVIOUS_TABLES = (
+    "people",
+    "companies",
+    "person_merges",
+    "_rapport_person_activity",
+    "_rapport_company_activity",
+    "_rapport_name_counts",
+    "_rapport_last_used",
+    "_rapport_blocked_threads",
+    "_rapport_connection_sums",
+    "_rapport_name_parts",
+    "_rapport_address_keys",
+)
+
+
+class RowSink(Protocol):
+    """Takes rows to append to tables, after deleting rows by key (warehouse.DeltaWriter)."""
+
+    def __call__(
+        self, tables: dict[str, pl.DataFrame], deletes: dict[str, pl.DataFrame]
+    ) -> None: ...
 
 
 class Lookup(Protocol):
@@ -152,6 +198,8 @@ class DeltaStaged:
     gate_tables: dict[str, pl.DataFrame]
     stats: dict[str, int]
     timings: dict[str, float] = field(default_factory=dict)
+    # append tables (and their deletes) already handed to `on_rows` during the build
+    handed_over: set[str] = field(default_factory=set)
 
 
 def fingerprint(frames: WorkspaceFrames) -> str:
@@ -192,13 +240,20 @@ def build_delta(
     new_files: dict[str, list[str]],
     lookup: Lookup,
     max_share: float = 0.2,
+    on_rows: RowSink | None = None,
 ) -> DeltaStaged:
-    """Stage the changes a run over `new_files` makes to the published warehouse."""
+    """Stage the changes a run over `new_files` makes to the published warehouse.
+
+    `on_rows` gets the rows to append (and the keys to delete first) as soon as they are
+    final, so a writer can start on them while the build goes on.
+    """
     lap = Laps()
     # The slowest questions (scans of the big tables) run in threads meanwhile.
     background = ThreadPoolExecutor(max_workers=2)
     try:
-        return _build_delta(frames, previous, new_files, lookup, max_share, lap, background)
+        return _build_delta(
+            frames, previous, new_files, lookup, max_share, lap, background, on_rows
+        )
     finally:
         background.shutdown(wait=True, cancel_futures=True)
 
@@ -211,6 +266,7 @@ def _build_delta(
     max_share: float,
     lap: Laps,
     background: ThreadPoolExecutor,
+    on_rows: RowSink | None,
 ) -> DeltaStaged:
     around_rows = background.submit(lookup.rows_between, time_ranges(previous.as_of, frames.as_of))
     as_of = frames.as_of
@@ -391,6 +447,10 @@ def _build_delta(
         "_rapport_contact_history": contact_rows,
     }
     deletes = {"_rapport_contact_history": promoted.select("canonical_key")}
+    handed_over: set[str] = set()
+    if on_rows is not None:
+        on_rows(dict(append), deletes)
+        handed_over |= set(append)
     counts = counts.select("canonical_key", "email", "name", "n")
     # Rows whose key is new or whose values changed; the rest of each table stays.
     upsert = {
@@ -503,6 +563,9 @@ def _build_delta(
     lap("metrics")
 
     append["interactions"] = delta_interactions
+    if on_rows is not None:
+        on_rows({"interactions": delta_interactions}, {})
+        handed_over.add("interactions")
     upsert |= {
         "_rapport_connection_sums": Upsert(pair, sums),
         "_rapport_person_activity": Upsert(["person_id"], person_activity),
@@ -529,7 +592,7 @@ def _build_delta(
         "_rapport_connection_sums": sums,
     }
     lap("tables")
-    return DeltaStaged(replace, upsert, append, deletes, gate_tables, stats, lap.times)
+    return DeltaStaged(replace, upsert, append, deletes, gate_tables, stats, lap.times, handed_over)
 
 
 EMAIL_KINDS = ["email_sent", "email_received"]

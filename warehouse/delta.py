@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from transforms.incremental import DeltaStaged, Previous
+from transforms.incremental import PREVIOUS_TABLES, Previous, Upsert
 from warehouse.publish import arrow_view, insert_frame, swap_file
 
 STATE_TABLES = (
@@ -78,38 +79,31 @@ def discard(tmp: Path, con: duckdb.DuckDBPyConnection | None = None) -> None:
 
 
 def read_state(con: duckdb.DuckDBPyConnection) -> tuple[Previous, set[str]] | None:
-    """The last run's state and the lake files it read, or None (an older warehouse)."""
+    """The last run's state and the lake files it read, or None (an older warehouse).
+
+    The state's tables are read in a thread (DuckDB and the Arrow handover release the
+    GIL): the build reads the delta meanwhile.
+    """
     tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     if not set(STATE_TABLES) <= tables:
         return None
     build = con.execute("SELECT as_of, fingerprint FROM _rapport_build").fetchall()
     if len(build) != 1:
         return None
-
-    def table(name: str) -> pl.DataFrame:
-        return _utc(con.sql(f'SELECT * FROM "{name}"').pl())  # our own table names
-
     files = {r[0] for r in con.execute("SELECT path FROM _rapport_lake_files").fetchall()}
+    published = con.execute("SELECT count(*) FROM messages").fetchall()[0][0]
+
+    def read_tables(cur: duckdb.DuckDBPyConnection) -> dict[str, pl.DataFrame]:
+        try:  # our own table names
+            return {name: _utc(cur.sql(f'SELECT * FROM "{name}"').pl()) for name in PREVIOUS_TABLES}
+        finally:
+            cur.close()
+
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-state")
+    loading = reader.submit(read_tables, con.cursor())
+    reader.shutdown(wait=False)
     as_of, fp = build[0]
-    previous = Previous(
-        as_of=as_of,
-        fingerprint=fp,
-        people=table("people"),
-        companies=table("companies"),
-        person_merges=table("person_merges"),
-        activity={
-            "person_id": table("_rapport_person_activity"),
-            "company_id": table("_rapport_company_activity"),
-        },
-        name_counts=table("_rapport_name_counts"),
-        last_used=table("_rapport_last_used"),
-        blocked_threads=table("_rapport_blocked_threads"),
-        connection_sums=table("_rapport_connection_sums"),
-        name_parts=table("_rapport_name_parts"),
-        address_keys=table("_rapport_address_keys"),
-        published_messages=con.execute("SELECT count(*) FROM messages").fetchall()[0][0],
-    )
-    return previous, files
+    return Previous(as_of, fp, published, loading), files
 
 
 # The few interactions matching `where`: their row ids first, from the filter columns
@@ -184,32 +178,98 @@ class DuckLookup:
             return _utc(cur.sql(sql, params=params or []).pl())
 
 
-def apply_delta(
-    con: duckdb.DuckDBPyConnection,
-    staged: DeltaStaged,
-    whole_tables: dict[str, pl.DataFrame],
-    new_lake_files: list[str],
-) -> int:
-    """Write the delta into the copy in one transaction. Returns rows written."""
-    rows = 0
-    con.execute("BEGIN")
-    try:
-        for name, keys in staged.deletes.items():
-            delete_keys(con, name, keys)
-        for name, frame in {**staged.replace, **whole_tables}.items():
-            con.execute(f'DELETE FROM "{name}"')
-            rows += insert_frame(con, name, frame)
-        for name, upsert in staged.upsert.items():
-            delete_keys(con, name, upsert.delete_keys())
-            rows += insert_frame(con, name, upsert.rows)
-        files = pl.DataFrame({"path": new_lake_files}, schema={"path": pl.String})
-        for name, frame in {**staged.append, "_rapport_lake_files": files}.items():
-            rows += insert_frame(con, name, frame)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
-    return rows
+class DeltaWriter:
+    """Writes an incremental run into a copy of the live file, in a thread of its own.
+
+    The thread first copies the live file (a page-cache copy, off the GIL) and opens the
+    copy in one transaction; then it runs the writes in the order they are handed over.
+    The build hands over rows as soon as they are final, so writing overlaps with the
+    rest of the build and with the gate. `finish` commits, checkpoints and swaps the copy
+    in; `discard` drops it. A failed write is raised by `finish`, and nothing after it
+    runs.
+    """
+
+    def __init__(self, warehouse: Path, tmp: Path) -> None:
+        self.warehouse, self.tmp = warehouse, tmp
+        self.con: duckdb.DuckDBPyConnection | None = None
+        self.error: BaseException | None = None
+        self.rows = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="delta-writer")
+        self._pool.submit(self._run, self._open)
+
+    def _open(self) -> None:
+        self.con = open_copy(copy_live(self.warehouse, self.tmp))
+        self.con.execute("BEGIN")
+
+    def _run(self, job: Callable[[], object]) -> None:
+        if self.error is None:
+            try:
+                job()
+            except BaseException as exc:  # kept for finish(); later jobs are skipped
+                self.error = exc
+
+    def _submit(self, job: Callable[[], object]) -> Future[None]:
+        return self._pool.submit(self._run, job)
+
+    def replace(self, tables: dict[str, pl.DataFrame]) -> None:
+        """Tables written whole: their rows replace every row."""
+        self._submit(lambda: self._replace(tables))
+
+    def _replace(self, tables: dict[str, pl.DataFrame]) -> None:
+        assert self.con is not None
+        for name, frame in tables.items():
+            self.con.execute(f'DELETE FROM "{name}"')
+            self.rows += insert_frame(self.con, name, frame)
+
+    def append(self, tables: dict[str, pl.DataFrame], deletes: dict[str, pl.DataFrame]) -> None:
+        """Rows added to tables, after deleting rows by key (`deletes`: the keys per table)."""
+        self._submit(lambda: self._append(tables, deletes))
+
+    def _append(self, tables: dict[str, pl.DataFrame], deletes: dict[str, pl.DataFrame]) -> None:
+        assert self.con is not None
+        for name, keys in deletes.items():
+            delete_keys(self.con, name, keys)
+        for name, frame in tables.items():
+            self.rows += insert_frame(self.con, name, frame)
+
+    def upsert(self, upserts: dict[str, Upsert]) -> None:
+        """Rows written over tables by key."""
+        self._submit(lambda: self._upsert(upserts))
+
+    def _upsert(self, upserts: dict[str, Upsert]) -> None:
+        assert self.con is not None
+        for name, upsert in upserts.items():
+            delete_keys(self.con, name, upsert.delete_keys())
+            self.rows += insert_frame(self.con, name, upsert.rows)
+
+    def wait(self) -> None:
+        """Wait for the writes handed over so far; raise the first that failed."""
+        self._submit(lambda: None).result()
+        if self.error is not None:
+            raise self.error
+
+    def finish(self) -> None:
+        """Commit, checkpoint and swap the copy in (after every write handed over)."""
+        self._submit(self._commit)
+        self.wait()
+        swap_file(self.tmp, self.warehouse)
+        self._pool.shutdown()
+
+    def _commit(self) -> None:
+        assert self.con is not None
+        self.con.execute("COMMIT")
+        self.con.execute("CHECKPOINT")
+        self.con.close()
+
+    def discard(self) -> None:
+        """Drop the copy (waits for the thread; nothing reaches the live file)."""
+        self._pool.submit(self._close).result()
+        self._pool.shutdown()
+        discard(self.tmp)
+
+    def _close(self) -> None:
+        if self.con is not None:
+            self.con.close()
 
 
 def delete_keys(con: duckdb.DuckDBPyConnection, name: str, keys: pl.DataFrame) -> None:
@@ -223,22 +283,3 @@ def delete_keys(con: duckdb.DuckDBPyConnection, name: str, keys: pl.DataFrame) -
         con.execute(f'DELETE FROM "{name}" t USING delete_keys k WHERE {match}')
     finally:
         con.unregister("delete_keys")
-
-
-def replace_table(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> None:
-    """One small table rewritten whole, in its own transaction."""
-    con.execute("BEGIN")
-    try:
-        con.execute(f'DELETE FROM "{name}"')
-        insert_frame(con, name, frame)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
-
-
-def swap_in(tmp: Path, con: duckdb.DuckDBPyConnection, warehouse: Path) -> None:
-    """Checkpoint, fsync and rename the finished copy over the live file."""
-    con.execute("CHECKPOINT")
-    con.close()
-    swap_file(tmp, warehouse)
