@@ -583,11 +583,13 @@ class _DeltaRun:
     def write_rest(self) -> None:
         """Hand the writer what the build did not hand it on the way."""
         staged = self.staged
-        rest = {k: v for k, v in staged.append.items() if k not in staged.handed_over}
-        deletes = {k: v for k, v in staged.deletes.items() if k not in staged.handed_over}
+        handed = staged.handed_over
         self.writer.replace(staged.replace)
-        self.writer.upsert(staged.upsert)
-        self.writer.append(rest, deletes)
+        self.writer.upsert({k: v for k, v in staged.upsert.items() if k not in handed})
+        self.writer.append(
+            {k: v for k, v in staged.append.items() if k not in handed},
+            {k: v for k, v in staged.deletes.items() if k not in handed},
+        )
 
     def finish(self, sync_runs: pl.DataFrame) -> None:
         """Add the run log, commit and swap the copy in."""
@@ -646,7 +648,7 @@ def _stage_delta(
         writer.append(
             {"_rapport_lake_files": pl.DataFrame({"path": new_ids}, {"path": pl.String})}, {}
         )
-        staged = build_delta(frames, previous, new, DuckLookup(live), on_rows=writer.append)
+        staged = build_delta(frames, previous, new, DuckLookup(live), sink=writer)
         live.close()
         run = _DeltaRun(staged, writer)
         run.write_rest()

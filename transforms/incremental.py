@@ -135,11 +135,13 @@ PREVIOUS_TABLES = (
 
 
 class RowSink(Protocol):
-    """Takes rows to append to tables, after deleting rows by key (warehouse.DeltaWriter)."""
+    """Takes rows for the warehouse as the build finishes them (warehouse.DeltaWriter)."""
 
-    def __call__(
-        self, tables: dict[str, pl.DataFrame], deletes: dict[str, pl.DataFrame]
-    ) -> None: ...
+    def append(self, tables: dict[str, pl.DataFrame], deletes: dict[str, pl.DataFrame]) -> None:
+        """Rows to add to tables, after deleting rows by key (`deletes`)."""
+
+    def upsert(self, upserts: dict[str, Upsert]) -> None:
+        """Rows to write over tables by key."""
 
 
 class Lookup(Protocol):
@@ -198,7 +200,7 @@ class DeltaStaged:
     gate_tables: dict[str, pl.DataFrame]
     stats: dict[str, int]
     timings: dict[str, float] = field(default_factory=dict)
-    # append tables (and their deletes) already handed to `on_rows` during the build
+    # tables whose appends (and deletes) or upserts went to `sink` during the build
     handed_over: set[str] = field(default_factory=set)
 
 
@@ -240,20 +242,18 @@ def build_delta(
     new_files: dict[str, list[str]],
     lookup: Lookup,
     max_share: float = 0.2,
-    on_rows: RowSink | None = None,
+    sink: RowSink | None = None,
 ) -> DeltaStaged:
     """Stage the changes a run over `new_files` makes to the published warehouse.
 
-    `on_rows` gets the rows to append (and the keys to delete first) as soon as they are
-    final, so a writer can start on them while the build goes on.
+    `sink` gets rows to append and upsert as soon as they are final, so a writer can
+    start on them while the build goes on; `handed_over` names those tables.
     """
     lap = Laps()
     # The slowest questions (scans of the big tables) run in threads meanwhile.
     background = ThreadPoolExecutor(max_workers=2)
     try:
-        return _build_delta(
-            frames, previous, new_files, lookup, max_share, lap, background, on_rows
-        )
+        return _build_delta(frames, previous, new_files, lookup, max_share, lap, background, sink)
     finally:
         background.shutdown(wait=True, cancel_futures=True)
 
@@ -266,7 +266,7 @@ def _build_delta(
     max_share: float,
     lap: Laps,
     background: ThreadPoolExecutor,
-    on_rows: RowSink | None,
+    sink: RowSink | None,
 ) -> DeltaStaged:
     around_rows = background.submit(lookup.rows_between, time_ranges(previous.as_of, frames.as_of))
     as_of = frames.as_of
@@ -448,8 +448,8 @@ def _build_delta(
     }
     deletes = {"_rapport_contact_history": promoted.select("canonical_key")}
     handed_over: set[str] = set()
-    if on_rows is not None:
-        on_rows(dict(append), deletes)
+    if sink is not None:
+        sink.append(dict(append), deletes)
         handed_over |= set(append)
     counts = counts.select("canonical_key", "email", "name", "n")
     # Rows whose key is new or whose values changed; the rest of each table stays.
@@ -471,6 +471,9 @@ def _build_delta(
             name_parts, previous.name_parts, [name_parts.columns[0]]
         ),
     }
+    if sink is not None:
+        sink.upsert(dict(upsert))
+        handed_over |= set(upsert)
     by_source = by_source_rows.result().cast(INTERACTIONS_SCHEMA)
     existing = by_source.join(merged.select(INTERACTION_KEY), on=INTERACTION_KEY, how="semi")
     if existing.height:
@@ -563,8 +566,8 @@ def _build_delta(
     lap("metrics")
 
     append["interactions"] = delta_interactions
-    if on_rows is not None:
-        on_rows({"interactions": delta_interactions}, {})
+    if sink is not None:
+        sink.append({"interactions": delta_interactions}, {})
         handed_over.add("interactions")
     upsert |= {
         "_rapport_connection_sums": Upsert(pair, sums),

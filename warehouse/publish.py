@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -142,22 +143,35 @@ def publish(
 
 
 def building_path(warehouse: Path, run_id: str) -> Path:
-    """Where a run builds its new file; half-built files of runs that died are removed
-    (the writer lock is held, so none is in use)."""
-    for leftover in warehouse.parent.glob(f".{warehouse.name}.*.building*"):
-        leftover.unlink(missing_ok=True)
+    """Where a run builds its new file; half-built files of runs that died, and retired
+    files a run did not get to delete, are removed (the writer lock is held, so none is
+    in use)."""
+    for pattern in (".{}.*.building*", ".{}.*.retired"):
+        for leftover in warehouse.parent.glob(pattern.format(warehouse.name)):
+            leftover.unlink(missing_ok=True)
     return warehouse.with_name(f".{warehouse.name}.{run_id}.building")
 
 
 def swap_file(tmp: Path, warehouse: Path) -> None:
-    """fsync the finished file, rename it over the live one, fsync the folder."""
+    """fsync the finished file, rename it over the live one, fsync the folder.
+
+    The replaced file keeps a second name until a thread deletes it: freeing a large
+    file's blocks happens in the call that drops its last name, and that would hold up
+    the publish (0.015 s for 180 MB). Analysts reading it keep it open either way.
+    """
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+    retired = None
+    if warehouse.exists():
+        retired = tmp.with_name(tmp.name.removesuffix(".building") + ".retired")
+        os.link(warehouse, retired)
     os.replace(tmp, warehouse)
     fsync_dir(warehouse.parent)
+    if retired is not None:
+        threading.Thread(target=retired.unlink, kwargs={"missing_ok": True}).start()
 
 
 def query_readonly(
