@@ -9,6 +9,7 @@ still reported on its own, with how many rows broke it.
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -86,6 +87,22 @@ def _violations(
     }
 
 
+_frozen = False
+
+
+def _freeze_imported_objects() -> None:
+    """Once per process, after GX is imported: hide what exists from the cyclic GC.
+
+    GX's import leaves hundreds of thousands of objects that live as long as the process,
+    and every full collection walked them all: a 0.14 s pause landed in the gate of a
+    0.5 s incremental run. Frozen objects are still freed by reference counting.
+    """
+    global _frozen
+    if not _frozen:
+        gc.freeze()
+        _frozen = True
+
+
 def run_gate(
     tables: dict[str, pl.DataFrame],
     blocklist: pl.DataFrame,
@@ -100,6 +117,7 @@ def run_gate(
     # GX announces its temporary directories at INFO.
     for name in ("great_expectations", "great_expectations.data_context.types.base"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    _freeze_imported_objects()
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)

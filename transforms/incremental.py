@@ -43,15 +43,18 @@ from transforms.pipeline import (
     NAME_SOURCE,
     Laps,
     WorkspaceFrames,
+    domain_info_for,
     finish_records,
     interaction_rows,
     last_used_by_address,
     message_flags_table,
     messages_table,
+    new_survivors,
     normalise_blocklist,
     read_events,
     read_quarantine,
     scan_files,
+    sharing_company_domains,
     with_contacts,
 )
 from transforms.records import (
@@ -62,6 +65,7 @@ from transforms.records import (
     people_addresses,
     person_candidates,
     person_key_map,
+    settle_survivors,
     touched_people,
 )
 from transforms.rules import split_blocked, with_direction, with_internal_flag
@@ -354,9 +358,7 @@ def _build_delta(
         previous.name_parts,
         previous.address_keys,
     )
-    kept_people = previous.people.filter(
-        ~pl.col("person_id").is_in(redo.person_ids.implode())
-    ).with_columns(company_id=pl.lit(None, pl.String))
+    kept_people = previous.people.filter(~pl.col("person_id").is_in(redo.person_ids.implode()))
     people = pl.concat([kept_people.select(redone.columns).cast(redone.schema), redone]).sort(
         "person_id"
     )
@@ -372,9 +374,21 @@ def _build_delta(
         .agg(last_used_at=pl.max("last_used_at"))
         .collect()
     )
-    people, companies, person_merges = finish_records(
-        people, frames, internal_domains, previous.companies, previous.person_merges, last_used
+    # Companies, merges and links can change only for the rebuilt people and those who
+    # share a company domain with them; everyone else keeps their row, link included.
+    domain_info = domain_info_for(people, frames.extra_free_mail)
+    near = sharing_company_domains(people, redone["person_id"], domain_info)
+    in_near = pl.col("person_id").is_in(near.implode())
+    near_people, companies, person_merges = finish_records(
+        people.filter(in_near),
+        frames,
+        internal_domains,
+        previous.companies,
+        previous.person_merges,
+        last_used,
+        domain_info,
     )
+    people = pl.concat([people.filter(~in_near), near_people]).sort("person_id")
     # A record created by this delta may fold into an existing one (its rows below map
     # to the survivor); folding records that already had rows would move history.
     folded = person_merges.join(previous.person_merges, on="merged_id", how="anti")
@@ -389,6 +403,13 @@ def _build_delta(
     )
     if moved.height:
         raise Fallback("a person moved to another company")
+    people = settle_survivors(
+        people,
+        new_survivors(person_merges, previous.person_merges),
+        counts,
+        name_parts,
+        previous.address_keys,
+    )
     lap("records")
 
     # --- 5. interactions: new rows, merged with existing rows of the same source, plus

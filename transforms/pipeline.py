@@ -50,6 +50,7 @@ from transforms.records import (
     people_addresses,
     person_candidates,
     person_key_map,
+    settle_survivors,
 )
 from transforms.rules import message_key, split_blocked, with_direction, with_internal_flag
 
@@ -292,6 +293,9 @@ def build(
     people, companies, person_merges = finish_records(
         people, frames, internal_domains, previous_companies, previous_merges, last_used
     )
+    people = settle_survivors(
+        people, new_survivors(person_merges, previous_merges), counts, name_parts
+    )
 
     lap("merges_linking")
     # --- 5. interactions and metrics
@@ -368,14 +372,14 @@ def last_used_by_address(visible: pl.LazyFrame, vparts: pl.LazyFrame) -> pl.Lazy
 
 def domain_info_for(people: pl.DataFrame, extra_free_mail: list[str]) -> pl.DataFrame:
     """domain -> registrable domain and free-mail flag, for every address of every person."""
-    domains = [e.split("@")[1] for e in people["primary_email"].drop_nulls().to_list()]
-    domains += [
-        e.split("@")[1]
-        for e in people.select(pl.col("email_addresses").explode())
-        .to_series()
+    domains = (
+        pl.concat([people["primary_email"], people["email_addresses"].explode()])
         .drop_nulls()
+        .str.split("@")
+        .list.get(1)
+        .unique()
         .to_list()
-    ]
+    )
     return (
         domain_table(domains, extra_free_mail)
         .select(
@@ -387,6 +391,33 @@ def domain_info_for(people: pl.DataFrame, extra_free_mail: list[str]) -> pl.Data
     )
 
 
+def sharing_company_domains(
+    people: pl.DataFrame, ids: pl.Series, domain_info: pl.DataFrame
+) -> pl.Series:
+    """`ids` plus every person holding an address on a company-able (registrable, not
+    free-mail) domain that one of `ids` holds: the people whose company, merges or
+    link a change to `ids` can reach (finish_records of just them equals it over all)."""
+    addresses = (
+        people.select("person_id", raw=pl.col("email_addresses"))
+        .explode("raw")
+        .with_columns(pl.col("raw").str.split("@").list.get(1))
+        .join(domain_info, left_on="raw", right_on="domain")
+        .filter(pl.col("registrable_domain").is_not_null() & ~pl.col("is_free_mail"))
+        .select("person_id", "registrable_domain")
+    )
+    domains = addresses.filter(pl.col("person_id").is_in(ids.implode()))["registrable_domain"]
+    sharing = addresses.filter(pl.col("registrable_domain").is_in(domains.implode()))
+    return pl.concat([ids, sharing["person_id"]]).unique()
+
+
+def new_survivors(person_merges: pl.DataFrame, previous: pl.DataFrame | None) -> pl.Series:
+    """Records that absorbed a merge in this run (a merge the previous log lacks)."""
+    new = person_merges
+    if previous is not None:
+        new = new.join(previous.select("merged_id"), on="merged_id", how="anti")
+    return new["survivor_id"]
+
+
 def finish_records(
     people: pl.DataFrame,
     frames: WorkspaceFrames,
@@ -394,9 +425,14 @@ def finish_records(
     previous_companies: pl.DataFrame | None,
     previous_merges: pl.DataFrame | None,
     last_used: pl.DataFrame,
+    domain_info: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Companies (§4.4), dedup merges (§4.5), then domain linking -> (people, companies, merges)."""
-    domain_info = domain_info_for(people, frames.extra_free_mail)
+    """Companies (§4.4), dedup merges (§4.5), then domain linking -> (people, companies, merges).
+
+    `domain_info`: domain_info_for() of (at least) these people, when already at hand.
+    """
+    if domain_info is None:
+        domain_info = domain_info_for(people, frames.extra_free_mail)
     created_lookup = (
         people.select("created_at", email="email_addresses")
         .explode("email")

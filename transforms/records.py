@@ -409,6 +409,54 @@ def person_key_map(people: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def settle_survivors(
+    people: pl.DataFrame,
+    survivors: pl.Series,
+    counts: pl.DataFrame,
+    known_name_parts: pl.DataFrame | None = None,
+    known_keys: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """`people` with each of `survivors` (records that absorbed a merge this run) rebuilt
+    from all the addresses they now hold, as the next run's build_people will.
+
+    A merge keeps the survivor's own primary address and name; built from every address,
+    the most used address (and the best name) of the union can differ. Settling now
+    makes a run's records what any later run (or a full rebuild) keeps. Creation times
+    stay: a merge already keeps the older record's.
+    """
+    survivors = survivors.unique()
+    if survivors.is_empty():
+        return people
+    held = people.filter(pl.col("person_id").is_in(survivors.implode()))
+    keys = _previous_key_map(held, known_keys)["canonical_key"].implode()
+    no_candidates = pl.LazyFrame(
+        schema={
+            "canonical_key": pl.String,
+            "sent_at": pl.Datetime("us", "UTC"),
+            "account_id": pl.String,
+        }
+    )
+    rebuilt, _ = build_people(
+        no_candidates,
+        counts.lazy().filter(pl.col("canonical_key").is_in(keys)),
+        held,
+        known_name_parts,
+        known_keys,
+    )
+    settled = ["name", "first_name", "last_name", "primary_email", "email_addresses"]
+    return (
+        people.join(rebuilt.select("person_id", *settled), on="person_id", how="left")
+        .with_columns(
+            pl.when(pl.col("person_id").is_in(survivors.implode()))
+            .then(pl.col(f"{c}_right"))
+            .otherwise(pl.col(c))
+            .alias(c)
+            for c in settled
+        )
+        .select(people.columns)
+    )
+
+
 @dataclass
 class Touched:
     person_ids: pl.Series  # previous people whose record must be rebuilt

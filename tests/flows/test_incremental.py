@@ -6,6 +6,7 @@ the same lake in full at the same as_of and compares every published table.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -172,11 +173,20 @@ addresses = [
     "new1@hooli.com",
     "new2@hooli.com",
     "eve@gmail.com",
+    "ann.lee@globex.com",  # same name as ann@globex.com on the same domain: one person
+    "ann.lee@hooli.com",  # ... and her address at another company
 ]
+# Display names: the same full name on one company domain makes a dedup merge (§4.5).
+display_names = {
+    "ann@globex.com": "Ann Lee",
+    "ann.lee@globex.com": "Ann Lee",
+    "ann.lee@hooli.com": "Ann Lee",
+    "new1@hooli.com": "Dan Ho",
+}
 
 
 @settings(
-    max_examples=8,
+    max_examples=int(os.environ.get("RAPPORT_SEQUENCE_EXAMPLES", "8")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -208,9 +218,9 @@ def test_any_sequence_of_deltas_equals_a_full_build(deltas, step_days):
                 n += 1
                 at = (as_of + timedelta(hours=hours - 48)).strftime("%Y-%m-%dT%H:%M:%S")
                 mail = (
-                    Mail(f"x{n}", owner, others, at=at)
+                    Mail(f"x{n}", owner, others, at=at, names=display_names)
                     if sent
-                    else Mail(f"x{n}", others[0], [owner, *others[1:]], at=at)
+                    else Mail(f"x{n}", others[0], [owner, *others[1:]], at=at, names=display_names)
                 )
                 box.land(owner, [mail])
             as_of = as_of + timedelta(days=days)
