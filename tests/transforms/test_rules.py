@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import polars as pl
+from polars.testing import assert_frame_equal
 
 from tests.mailbox import AS_OF, Mail, Sandbox, emails_of
 from transforms.records import hash_ids
@@ -392,6 +393,28 @@ def test_same_full_name_on_same_company_domain_merges_into_the_older_record(tmp_
         again.tables["people"]["person_id"].sort().to_list() == people["person_id"].sort().to_list()
     )
     assert again.tables["person_merges"].height == 1
+
+
+def test_a_merged_record_is_settled_in_the_run_that_merges_it(tmp_path):
+    """The survivor's primary address is the most used of all its addresses, in the run
+    that merges it and in every rebuild after: the record does not change again."""
+    sb = Sandbox(tmp_path)
+    names = {"jane@globex.com": "Jane Doe", "j.doe@globex.com": "Jane Doe"}
+    sent = {"labels": ["SENT"], "names": names}
+    older = Mail("s1", ALICE, ["jane@globex.com"], at="2026-01-01T00:00:00", **sent)
+    later = [
+        Mail(f"s{i}", ALICE, ["j.doe@globex.com"], at=f"2026-02-0{i}T00:00:00", **sent)
+        for i in range(2, 5)
+    ]
+    sb.land(ALICE, [older, *later])
+    staged = sb.build()
+    survivor = person(staged, "jane@globex.com")
+    assert survivor["person_id"] == hash_ids("per", pl.Series(["jane@globex.com"]))[0]  # older
+    assert survivor["email_addresses"] == ["j.doe@globex.com", "jane@globex.com"]
+    assert survivor["primary_email"] == "j.doe@globex.com"  # 3 uses against 1
+    assert (survivor["first_name"], survivor["last_name"]) == ("Jane", "Doe")
+    again = sb.build(previous=staged)
+    assert_frame_equal(again.tables["people"], staged.tables["people"])
 
 
 def test_extra_domains_join_a_company_only_through_configuration(tmp_path):
