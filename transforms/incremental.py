@@ -414,8 +414,15 @@ def _build_delta(
 
     # --- 5. interactions: new rows, merged with existing rows of the same source, plus
     # the kept history of addresses that became people in this run
-    keys = address_keys(people_addresses(people), previous.address_keys)
-    people_keys = person_key_map(people, keys)
+    # Only people in `near` can differ from their previous row: the key map is the
+    # previous one with theirs redone, and only their new addresses get keys.
+    changed = people.filter(in_near)
+    keys = address_keys(people_addresses(changed), previous.address_keys)
+    people_keys = (
+        pl.concat([redo.key_map.filter(~in_near), person_key_map(changed, keys)])
+        .sort("person_id", maintain_order=True)
+        .unique("canonical_key", keep="first", maintain_order=True)
+    )
     rows, contact_rows = interaction_rows(
         visible,
         vparts,
@@ -475,7 +482,7 @@ def _build_delta(
     counts = counts.select("canonical_key", "email", "name", "n")
     # Rows whose key is new or whose values changed; the rest of each table stays.
     upsert = {
-        "people": changed_rows(people, previous.people, ["person_id"]),
+        "people": changed_rows(people, previous.people, ["person_id"], near.to_frame()),
         "companies": changed_rows(companies, previous.companies, ["company_id"]),
         # counts and last use change only where the delta has rows
         "_rapport_name_counts": changed_rows(
@@ -487,7 +494,11 @@ def _build_delta(
         "_rapport_last_used": changed_rows(
             last_used, previous.last_used, ["email"], delta_last_used.select("email").unique()
         ),
-        "_rapport_address_keys": changed_rows(keys, previous.address_keys, ["address"]),
+        # addresses only join records (merges add, nothing removes): new ones only
+        "_rapport_address_keys": Upsert(
+            ["address"], keys.join(previous.address_keys, on="address", how="anti")
+        ),
+        "person_merges": changed_rows(person_merges, previous.person_merges, ["merged_id"]),
         "_rapport_name_parts": changed_rows(
             name_parts, previous.name_parts, [name_parts.columns[0]]
         ),
@@ -595,7 +606,7 @@ def _build_delta(
         "_rapport_person_activity": Upsert(["person_id"], person_activity),
         "_rapport_company_activity": Upsert(["company_id"], company_activity),
     }
-    replace = {"person_merges": person_merges}
+    replace: dict[str, pl.DataFrame] = {}
     stats = {
         "delta_messages": visible.height,
         "delta_events": events.height,

@@ -461,6 +461,7 @@ def settle_survivors(
 class Touched:
     person_ids: pl.Series  # previous people whose record must be rebuilt
     keys: pl.Series  # their canonical keys plus the evidence keys (new people's too)
+    key_map: pl.DataFrame  # canonical_key -> person_id of every previous person
 
 
 def touched_people(
@@ -482,7 +483,7 @@ def touched_people(
         .unique()
     )
     keys = key_map.filter(pl.col("person_id").is_in(ids.implode()))["canonical_key"]
-    return Touched(ids, keys.append(evidence_keys).unique())
+    return Touched(ids, keys.append(evidence_keys).unique(), key_map)
 
 
 ADDRESS_KEYS_SCHEMA = {"address": pl.String, "canonical_key": pl.String}
