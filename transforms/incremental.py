@@ -71,7 +71,7 @@ from transforms.records import (
 from transforms.rules import split_blocked, with_direction, with_internal_flag
 
 # Bump when the meaning of the kept state changes: older warehouses then rebuild in full.
-STATE_VERSION = "4"
+STATE_VERSION = "5"
 # Windows of the metrics (days): time moving past their edges changes a person's row.
 WINDOW_DAYS = (0, 30, 90, 365)
 INTERACTION_KEY = ["member_id", "person_id", "source_key"]
@@ -114,6 +114,7 @@ class Previous:
     connection_sums = property(lambda self: self._table("_rapport_connection_sums"))
     name_parts = property(lambda self: self._table("_rapport_name_parts"))
     address_keys = property(lambda self: self._table("_rapport_address_keys"))
+    person_keys = property(lambda self: self._table("_rapport_person_keys"))
     activity = property(  # "person_id" / "company_id" -> activity rows
         lambda self: {
             "person_id": self._table("_rapport_person_activity"),
@@ -135,6 +136,7 @@ PREVIOUS_TABLES = (
     "_rapport_connection_sums",
     "_rapport_name_parts",
     "_rapport_address_keys",
+    "_rapport_person_keys",
 )
 
 
@@ -159,7 +161,7 @@ class Lookup(Protocol):
 
     def rows_with_sources(self, sources: pl.Series) -> pl.DataFrame: ...
 
-    def future_meetings(self, column: str, ids: pl.Series, after: datetime) -> pl.DataFrame: ...
+    def meetings_after(self, after: datetime) -> pl.DataFrame: ...
 
 
 @dataclass
@@ -274,6 +276,7 @@ def _build_delta(
 ) -> DeltaStaged:
     around_rows = background.submit(lookup.rows_between, time_ranges(previous.as_of, frames.as_of))
     as_of = frames.as_of
+    future_rows = background.submit(lookup.meetings_after, as_of)  # (few: upcoming only)
     if as_of < previous.as_of:
         raise Fallback("as_of is earlier than the published run's")
     internal_addresses, internal_domains = frames.internal
@@ -349,7 +352,11 @@ def _build_delta(
     candidates = candidates.collect()
     evidence_keys = pl.concat([candidates["canonical_key"], delta_keys.to_series()])
     redo = touched_people(
-        previous.people, evidence_keys, previous.address_keys, previous.person_merges["survivor_id"]
+        previous.people,
+        evidence_keys,
+        previous.address_keys,
+        previous.person_merges["survivor_id"],
+        previous.person_keys,
     )
     redone, parts = build_people(
         candidates.lazy(),
@@ -494,6 +501,14 @@ def _build_delta(
         "_rapport_last_used": changed_rows(
             last_used, previous.last_used, ["email"], delta_last_used.select("email").unique()
         ),
+        "_rapport_person_keys": changed_rows(
+            people_keys,
+            previous.person_keys,
+            ["canonical_key"],
+            pl.concat([people_keys.filter(in_near), previous.person_keys.filter(in_near)]).select(
+                "canonical_key"
+            ),
+        ),
         # addresses only join records (merges add, nothing removes): new ones only
         "_rapport_address_keys": Upsert(
             ["address"], keys.join(previous.address_keys, on="address", how="anti")
@@ -574,7 +589,7 @@ def _build_delta(
         )
         future = pl.concat(
             [
-                lookup.future_meetings(key, touched[key], as_of),
+                future_rows.result().join(touched, on=key, how="semi").select(key, "at"),
                 delta_interactions.filter(
                     (pl.col("kind") == "meeting") & (pl.col("at") > as_of)
                 ).select(key, "at"),

@@ -155,6 +155,7 @@ def state_tables(
     contact_history: pl.DataFrame,
     name_parts: pl.DataFrame,
     address_keys: pl.DataFrame,
+    person_keys: pl.DataFrame,
     files: dict[str, list[str]],
     lake_dir: Path,
 ) -> dict[str, pl.DataFrame]:
@@ -170,11 +171,27 @@ def state_tables(
         "_rapport_contact_history": contact_history,
         "_rapport_name_parts": name_parts,
         "_rapport_address_keys": address_keys,
+        "_rapport_person_keys": person_keys.select("canonical_key", "person_id"),
         "_rapport_lake_files": pl.DataFrame(
             {"path": [lake_file_id(lake_dir, f) for fs in files.values() for f in fs]},
             schema={"path": pl.String},
         ),
     }
+
+
+# Attendees as read_events returns them: the lake's columns, normalised, flagged.
+ATTENDEES_SCHEMA = pl.Schema(
+    {
+        **pl.from_arrow(lake.TABLES["attendees"].empty_table()).schema,
+        "email": pl.String,
+        "domain": pl.String,
+        "registrable_domain": pl.String,
+        "is_free_mail": pl.Boolean,
+        "canonical_key": pl.String,
+        "valid": pl.Boolean,
+        "internal": pl.Boolean,
+    }
+)
 
 
 def read_events(
@@ -184,6 +201,9 @@ def read_events(
     internal_domains: list[str],
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """-> (visible current events, blocked markers, attendees of the visible ones)."""
+    if not event_files and not attendee_files:  # most incremental runs: skip the pipeline
+        events = current_events(scan_files([], "events")).collect()
+        return events, events, pl.DataFrame(schema=ATTENDEES_SCHEMA)
     raw_events = current_events(scan_files(event_files, "events")).collect()
     att = current_participants(
         scan_files(attendee_files, "attendees").rename({"event_id": "message_id"}),
@@ -343,6 +363,7 @@ def build(
             contact_history=contact_history,
             name_parts=name_parts,
             address_keys=address_key_map,
+            person_keys=person_keys,
             files=files,
             lake_dir=lake_dir,
         )

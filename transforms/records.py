@@ -469,14 +469,17 @@ def touched_people(
     evidence_keys: pl.Series,
     known_keys: pl.DataFrame | None,
     always: pl.Series,
+    key_map: pl.DataFrame | None = None,
 ) -> Touched:
     """The previous people whose record new evidence (canonical keys) can change.
 
     build_people gives every other previous person the row they already have, so an
     incremental run rebuilds just these. `always`: ids rebuilt regardless (survivors of
-    merges, whose record build_people redoes from all their addresses).
+    merges, whose record build_people redoes from all their addresses). `key_map`: the
+    previous people's key map when kept (else it is worked out from their addresses).
     """
-    key_map = _previous_key_map(previous, known_keys)
+    if key_map is None:
+        key_map = _previous_key_map(previous, known_keys)
     ids = (
         key_map.filter(pl.col("canonical_key").is_in(evidence_keys.implode()))["person_id"]
         .append(always.cast(pl.String))

@@ -33,6 +33,7 @@ STATE_TABLES = (
     "_rapport_contact_history",
     "_rapport_name_parts",
     "_rapport_address_keys",
+    "_rapport_person_keys",
 )
 
 
@@ -162,10 +163,14 @@ class DuckLookup:
             exact = " AND source_key IN (SELECT id FROM lookup_ids)"  # (hashes can collide)
             return _utc(cur.sql(_INTERACTIONS_WHERE.format(where=where) + exact).pl())
 
-    def future_meetings(self, column: str, ids: pl.Series, after: datetime) -> pl.DataFrame:
-        assert column in ("person_id", "company_id")
-        select = f'SELECT {column}, "at" FROM interactions WHERE kind = \'meeting\' AND "at" > ?'
-        return self._where_in(select, column, ids, [after])
+    def meetings_after(self, after: datetime) -> pl.DataFrame:
+        """(person_id, company_id, at) of every meeting after `after` (upcoming: few)."""
+        sql = (
+            'SELECT person_id, company_id, "at" FROM interactions'
+            " WHERE kind = 'meeting' AND \"at\" > ?"
+        )
+        with self._cursor() as cur:
+            return _utc(cur.sql(sql, params=[after]).pl())
 
     def _where_in(
         self, select: str, column: str, ids: pl.Series, params: list[object] | None = None

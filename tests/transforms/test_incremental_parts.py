@@ -80,3 +80,22 @@ def test_changed_rows_among_compares_only_the_given_keys():
     out = changed_rows(new, old, ["k"], among=pl.DataFrame({"k": ["a", "b"]}))
     assert out.rows.to_dicts() == [{"k": "a", "n": 9}]  # d and c lie outside: not compared
     assert out.gone.is_empty()
+
+
+def test_a_run_without_event_files_reads_the_same_empty_frames_as_the_pipeline():
+    """read_events skips its pipeline when there are no files (most incremental runs);
+    the frames it returns must be what the pipeline gives for no rows."""
+    from transforms.events import current_events
+    from transforms.pipeline import current_participants, read_events, scan_files
+    from transforms.rules import with_internal_flag
+
+    raw = current_events(scan_files([], "events")).collect()
+    att = current_participants(
+        scan_files([], "attendees").rename({"event_id": "message_id"}),
+        raw.lazy().rename({"event_id": "message_id"}),
+    )
+    att = with_internal_flag(att, ["a@acme.io"], ["acme.io"]).rename({"message_id": "event_id"})
+    events, blocked, attendees = read_events([], [], ["a@acme.io"], ["acme.io"])
+    assert_frame_equal(events, raw.filter(~pl.col("blocked")))
+    assert_frame_equal(blocked, raw.filter(pl.col("blocked")))
+    assert_frame_equal(attendees, att.collect())

@@ -201,6 +201,8 @@ CREATE TABLE _rapport_connection_sums (
 -- Every address of every person with its canonical key (NULL: not a valid address), so
 -- a run normalises only addresses it has not seen.
 CREATE TABLE _rapport_address_keys (address VARCHAR NOT NULL, canonical_key VARCHAR);
+-- canonical key -> the person holding it (a later run starts from it, not recomputes it)
+CREATE TABLE _rapport_person_keys (canonical_key VARCHAR NOT NULL, person_id VARCHAR NOT NULL);
 
 -- Would-be interactions with addresses that are not people (yet): when one becomes a
 -- person, its history is here, not only in the lake.
