@@ -338,14 +338,14 @@ def _build_delta(
         pl.concat([vparts.lazy().select(NAME_SOURCE), att.lazy().select(NAME_SOURCE)])
     ).collect()  # read several times below: computed once
     delta_keys = delta_counts.select("canonical_key")
-    counts = name_counts(
-        pl.concat(
-            [
-                previous.name_counts.lazy().with_columns(valid=pl.lit(True)),
-                delta_counts.lazy().select("canonical_key", "email", "name", "n", "valid"),
-            ]
-        )
-    ).collect()
+
+    def counts_for(keys: pl.Series) -> pl.DataFrame:
+        """Name counts, kept plus the delta's, of just these canonical keys."""
+        of = pl.col("canonical_key").is_in(keys.implode())
+        kept = previous.name_counts.lazy().filter(of).with_columns(valid=pl.lit(True))
+        new = delta_counts.lazy().filter(of).select("canonical_key", "email", "name", "n", "valid")
+        return name_counts(pl.concat([kept, new])).collect()
+
     # Only people the delta brings evidence for (or that absorbed a merge: their record
     # is redone from all their addresses) can change here; the rest keep their row, and
     # company links are redone for everyone below.
@@ -358,9 +358,10 @@ def _build_delta(
         previous.person_merges["survivor_id"],
         previous.person_keys,
     )
+    counts = counts_for(redo.keys)  # (the delta's keys are among them)
     redone, parts = build_people(
         candidates.lazy(),
-        counts.lazy().filter(pl.col("canonical_key").is_in(redo.keys.implode())),
+        counts.lazy(),
         previous.people.filter(pl.col("person_id").is_in(redo.person_ids.implode())),
         previous.name_parts,
         previous.address_keys,
@@ -375,11 +376,15 @@ def _build_delta(
     )
     new_people = people.join(previous.people.select("person_id"), on="person_id", how="anti")
     delta_last_used = last_used_by_address(visible.lazy(), vparts.lazy()).collect()
-    last_used = (
-        pl.concat([previous.last_used.lazy(), delta_last_used.lazy()])
-        .group_by("email")
-        .agg(last_used_at=pl.max("last_used_at"))
-        .collect()
+    # Last use changes only for the delta's addresses: the latest of kept and new.
+    in_delta = pl.col("email").is_in(delta_last_used["email"].implode())
+    last_used = pl.concat(
+        [
+            previous.last_used.filter(~in_delta),
+            pl.concat([previous.last_used.filter(in_delta), delta_last_used])
+            .group_by("email")
+            .agg(last_used_at=pl.max("last_used_at")),
+        ]
     )
     # Companies, merges and links can change only for the rebuilt people and those who
     # share a company domain with them; everyone else keeps their row, link included.
@@ -405,15 +410,19 @@ def _build_delta(
         kept = previous.person_merges.join(person_merges, on=list(person_merges.columns))
         if kept.height != previous.person_merges.height:
             raise Fallback("earlier merges moved to a new survivor")
-    moved = people.join(previous.people.select("person_id", "company_id"), on="person_id").filter(
-        pl.col("company_id").ne_missing(pl.col("company_id_right"))
-    )
+    moved = near_people.join(
+        previous.people.select("person_id", "company_id"), on="person_id"
+    ).filter(pl.col("company_id").ne_missing(pl.col("company_id_right")))
     if moved.height:
         raise Fallback("a person moved to another company")
+    survivors = new_survivors(person_merges, previous.person_merges)
+    survivor_keys = previous.person_keys.filter(pl.col("person_id").is_in(survivors.implode()))
     people = settle_survivors(
         people,
-        new_survivors(person_merges, previous.person_merges),
-        counts,
+        survivors,
+        counts_for(pl.concat([redo.keys, survivor_keys["canonical_key"]]))
+        if len(survivors)
+        else counts,
         name_parts,
         previous.address_keys,
     )
