@@ -103,12 +103,16 @@ def _freeze_imported_objects() -> None:
         _frozen = True
 
 
-def run_gate(
-    tables: dict[str, pl.DataFrame],
-    blocklist: pl.DataFrame,
-    internal_addresses: list[str],
-    as_of: datetime,
-) -> GateResult:
+@dataclass
+class PreparedGate:
+    """The GX side of a gate, set up before the data is ready (a run does this while it
+    builds: ~0.02 s of GX objects, whatever the data)."""
+
+    batch_definition: Any
+    suite: Any
+
+
+def prepare_gate() -> PreparedGate:
     import great_expectations as gx  # slow import: only when a gate runs
     import great_expectations.expectations as gxe
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -122,6 +126,21 @@ def run_gate(
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     source = context.data_sources.add_pandas(name="staged")
+    asset = source.add_dataframe_asset(name="row_rules")
+    batch_def = asset.add_batch_definition_whole_dataframe("row_rules_all")
+    suite = context.suites.add(gx.ExpectationSuite(name="row_rules_suite"))
+    suite.add_expectation(gxe.ExpectTableRowCountToEqual(value=0))
+    return PreparedGate(batch_def, suite)
+
+
+def run_gate(
+    tables: dict[str, pl.DataFrame],
+    blocklist: pl.DataFrame,
+    internal_addresses: list[str],
+    as_of: datetime,
+    prepared: PreparedGate | None = None,
+) -> GateResult:
+    gate = prepared if prepared is not None else prepare_gate()
     lo = datetime(1971, 1, 1)
     hi = (as_of + timedelta(days=3650)).replace(tzinfo=None)
 
@@ -167,11 +186,8 @@ def run_gate(
             )
         }
     )
-    asset = source.add_dataframe_asset(name="row_rules")
-    batch_def = asset.add_batch_definition_whole_dataframe("row_rules_all")
-    suite = context.suites.add(gx.ExpectationSuite(name="row_rules_suite"))
-    suite.add_expectation(gxe.ExpectTableRowCountToEqual(value=0))
-    outcome = batch_def.get_batch(batch_parameters={"dataframe": found.to_pandas()}).validate(suite)
+    batch = gate.batch_definition.get_batch(batch_parameters={"dataframe": found.to_pandas()})
+    outcome = batch.validate(gate.suite)
     [result] = outcome.results
     counts = found["rule"].value_counts()
     per_rule = dict(zip(counts["rule"], counts["count"], strict=True))

@@ -149,6 +149,9 @@ class RowSink(Protocol):
     def upsert(self, upserts: dict[str, Upsert]) -> None:
         """Rows to write over tables by key."""
 
+    def checkpoint(self) -> None:
+        """The bulk of the run is handed over: write it out now, while the build ends."""
+
 
 class Lookup(Protocol):
     """Questions the incremental build asks the published warehouse."""
@@ -439,6 +442,43 @@ def _build_delta(
         .sort("person_id", maintain_order=True)
         .unique("canonical_key", keep="first", maintain_order=True)
     )
+    handed_over: set[str] = set()
+    counts = counts.select("canonical_key", "email", "name", "n")
+    # Rows whose key is new or whose values changed; the rest of each table stays. The
+    # writer starts on them while the interactions are worked out.
+    upsert = {
+        "people": changed_rows(people, previous.people, ["person_id"], near.to_frame()),
+        "companies": changed_rows(companies, previous.companies, ["company_id"]),
+        # counts and last use change only where the delta has rows
+        "_rapport_name_counts": changed_rows(
+            counts,
+            previous.name_counts,
+            ["canonical_key", "email", "name"],
+            delta_keys.unique(),
+        ),
+        "_rapport_last_used": changed_rows(
+            last_used, previous.last_used, ["email"], delta_last_used.select("email").unique()
+        ),
+        "_rapport_person_keys": changed_rows(
+            people_keys,
+            previous.person_keys,
+            ["canonical_key"],
+            pl.concat([people_keys.filter(in_near), previous.person_keys.filter(in_near)]).select(
+                "canonical_key"
+            ),
+        ),
+        # addresses only join records (merges add, nothing removes): new ones only
+        "_rapport_address_keys": Upsert(
+            ["address"], keys.join(previous.address_keys, on="address", how="anti")
+        ),
+        "person_merges": changed_rows(person_merges, previous.person_merges, ["merged_id"]),
+        "_rapport_name_parts": changed_rows(
+            name_parts, previous.name_parts, [name_parts.columns[0]]
+        ),
+    }
+    if sink is not None:
+        sink.upsert(dict(upsert))
+        handed_over |= set(upsert)
     rows, contact_rows = interaction_rows(
         visible,
         vparts,
@@ -491,45 +531,9 @@ def _build_delta(
         "_rapport_contact_history": contact_rows,
     }
     deletes = {"_rapport_contact_history": promoted.select("canonical_key")}
-    handed_over: set[str] = set()
     if sink is not None:
         sink.append(dict(append), deletes)
         handed_over |= set(append)
-    counts = counts.select("canonical_key", "email", "name", "n")
-    # Rows whose key is new or whose values changed; the rest of each table stays.
-    upsert = {
-        "people": changed_rows(people, previous.people, ["person_id"], near.to_frame()),
-        "companies": changed_rows(companies, previous.companies, ["company_id"]),
-        # counts and last use change only where the delta has rows
-        "_rapport_name_counts": changed_rows(
-            counts,
-            previous.name_counts,
-            ["canonical_key", "email", "name"],
-            delta_keys.unique(),
-        ),
-        "_rapport_last_used": changed_rows(
-            last_used, previous.last_used, ["email"], delta_last_used.select("email").unique()
-        ),
-        "_rapport_person_keys": changed_rows(
-            people_keys,
-            previous.person_keys,
-            ["canonical_key"],
-            pl.concat([people_keys.filter(in_near), previous.person_keys.filter(in_near)]).select(
-                "canonical_key"
-            ),
-        ),
-        # addresses only join records (merges add, nothing removes): new ones only
-        "_rapport_address_keys": Upsert(
-            ["address"], keys.join(previous.address_keys, on="address", how="anti")
-        ),
-        "person_merges": changed_rows(person_merges, previous.person_merges, ["merged_id"]),
-        "_rapport_name_parts": changed_rows(
-            name_parts, previous.name_parts, [name_parts.columns[0]]
-        ),
-    }
-    if sink is not None:
-        sink.upsert(dict(upsert))
-        handed_over |= set(upsert)
     by_source = by_source_rows.result().cast(INTERACTIONS_SCHEMA)
     existing = by_source.join(merged.select(INTERACTION_KEY), on=INTERACTION_KEY, how="semi")
     if existing.height:
@@ -546,6 +550,10 @@ def _build_delta(
     delta_interactions = merged.join(
         existing.select(INTERACTION_KEY), on=INTERACTION_KEY, how="anti"
     )
+    append["interactions"] = delta_interactions
+    if sink is not None:
+        sink.append({"interactions": delta_interactions}, {})
+        handed_over.add("interactions")
     lap("interactions")
 
     # --- metrics: update who the delta or the clock touched from a few rows; everyone
@@ -566,6 +574,11 @@ def _build_delta(
         .group_by(pair)
         .agg(pl.col(SUM_COLUMNS).sum())
     )
+    upsert["_rapport_connection_sums"] = Upsert(pair, sums)
+    if sink is not None:
+        sink.upsert({"_rapport_connection_sums": upsert["_rapport_connection_sums"]})
+        handed_over.add("_rapport_connection_sums")
+        sink.checkpoint()  # only the activity rows are still to come
     members = frames.members
     new_companies = companies.join(previous.companies, on="company_id", how="anti")
 
@@ -621,15 +634,14 @@ def _build_delta(
     company_activity = updated("company_id", new_companies["company_id"], companies)
     lap("metrics")
 
-    append["interactions"] = delta_interactions
-    if sink is not None:
-        sink.append({"interactions": delta_interactions}, {})
-        handed_over.add("interactions")
-    upsert |= {
-        "_rapport_connection_sums": Upsert(pair, sums),
+    activity = {
         "_rapport_person_activity": Upsert(["person_id"], person_activity),
         "_rapport_company_activity": Upsert(["company_id"], company_activity),
     }
+    upsert |= activity
+    if sink is not None:
+        sink.upsert(activity)
+        handed_over |= set(activity)
     replace: dict[str, pl.DataFrame] = {}
     stats = {
         "delta_messages": visible.height,

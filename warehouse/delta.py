@@ -247,6 +247,18 @@ class DeltaWriter:
             delete_keys(self.con, name, upsert.delete_keys())
             self.rows += insert_frame(self.con, name, upsert.rows)
 
+    def checkpoint(self) -> None:
+        """Commit and checkpoint what was handed over so far (compressing the appended
+        rows is most of a checkpoint), then go on in a new transaction. The copy is
+        private until `finish` swaps it in, so several transactions are as atomic as one."""
+        self._submit(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        assert self.con is not None
+        self.con.execute("COMMIT")
+        self.con.execute("CHECKPOINT")
+        self.con.execute("BEGIN")
+
     def wait(self) -> None:
         """Wait for the writes handed over so far; raise the first that failed."""
         self._submit(lambda: None).result()
