@@ -71,7 +71,7 @@ from transforms.records import (
 from transforms.rules import split_blocked, with_direction, with_internal_flag
 
 # Bump when the meaning of the kept state changes: older warehouses then rebuild in full.
-STATE_VERSION = "5"
+STATE_VERSION = "6"
 # Windows of the metrics (days): time moving past their edges changes a person's row.
 WINDOW_DAYS = (0, 30, 90, 365)
 INTERACTION_KEY = ["member_id", "person_id", "source_key"]
@@ -157,6 +157,8 @@ class Lookup(Protocol):
     """Questions the incremental build asks the published warehouse."""
 
     def count_matching(self, table: str, keys: pl.DataFrame) -> int: ...
+
+    def count_messages(self, keys: pl.Series) -> int: ...
 
     def contact_history(self, keys: pl.Series) -> pl.DataFrame: ...
 
@@ -294,7 +296,7 @@ def _build_delta(
     if msgs["blocked"].any():
         raise Fallback("the delta holds blocklist markers")
     seen_messages = background.submit(
-        lookup.count_matching, "messages", _message_keys(msgs, "message_id", "message_key")
+        lookup.count_messages, _message_keys(msgs, "message_id", "message_key").to_series()
     )
     msgs = msgs.with_row_index("_mid")
     parts = current_participants(scan_files(new_files["participants"], "participants"), msgs.lazy())

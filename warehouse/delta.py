@@ -145,6 +145,18 @@ class DuckLookup:
                 f"USING ({cols})"
             ).fetchall()[0][0]
 
+    def count_messages(self, keys: pl.Series) -> int:
+        """How many of these message keys are published (found by their hash first)."""
+        if keys.is_empty():
+            return 0
+        with self._cursor() as cur:
+            cur.register("lookup_keys", arrow_view(pl.DataFrame({"k": keys.unique()})))
+            return cur.execute(
+                "SELECT count(*) FROM messages WHERE rowid IN (SELECT rowid FROM messages"
+                " WHERE key_hash IN (SELECT hash(k) FROM lookup_keys))"
+                " AND message_key IN (SELECT k FROM lookup_keys)"
+            ).fetchall()[0][0]
+
     def contact_history(self, keys: pl.Series) -> pl.DataFrame:
         return self._where_in("SELECT * FROM _rapport_contact_history", "canonical_key", keys)
 

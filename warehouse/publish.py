@@ -91,7 +91,10 @@ def arrow_view(frame: pl.DataFrame) -> Any:
 
 
 # Columns the warehouse derives from a staged frame's columns as it inserts them.
-DERIVED_COLUMNS = {"interactions": ", hash(source_key) AS source_hash"}
+DERIVED_COLUMNS = {
+    "interactions": ", hash(source_key) AS source_hash",
+    "messages": ", hash(message_key) AS key_hash",
+}
 
 
 def insert_frame(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> int:

@@ -58,6 +58,6 @@ SELECT
     CASE WHEN access_level >= 2 THEN subject END AS subject,
     CASE WHEN access_level >= 3 THEN snippet END AS snippet,
     CASE WHEN access_level >= 3 THEN body_text END AS body_text,
-    from_email, to_emails, cc_emails
+    from_email, to_emails, cc_emails, key_hash
 FROM ranked
 WHERE copy_rank = 1;

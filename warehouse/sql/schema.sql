@@ -76,7 +76,10 @@ CREATE TABLE messages (
     body_text      VARCHAR USING COMPRESSION zstd,
     from_email     VARCHAR,
     to_emails      VARCHAR[],
-    cc_emails      VARCHAR[]
+    cc_emails      VARCHAR[],
+    -- hash(message_key), filled in on insert: a sync checks whether its new mail is
+    -- already here by scanning this integer, not the compressed keys (as interactions)
+    key_hash       UBIGINT NOT NULL
 );
 
 -- Per-message facts the privacy macro needs but analysts rarely do.
