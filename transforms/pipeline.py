@@ -223,6 +223,8 @@ def read_events(
 
 
 def read_quarantine(files: list[str]) -> pl.DataFrame:
+    if not files:  # most runs
+        return scan_files([], "quarantine").with_columns(seq=pl.lit(0, pl.Int32)).collect()
     return latest_versions(
         scan_files(files, "quarantine").with_columns(seq=pl.lit(0, pl.Int32)),
         ["account_id", "item_id"],

@@ -99,3 +99,12 @@ def test_a_run_without_event_files_reads_the_same_empty_frames_as_the_pipeline()
     assert_frame_equal(events, raw.filter(~pl.col("blocked")))
     assert_frame_equal(blocked, raw.filter(pl.col("blocked")))
     assert_frame_equal(attendees, att.collect())
+
+
+def test_a_run_without_quarantine_files_reads_the_same_empty_frame_as_the_pipeline():
+    from transforms.current import latest_versions
+    from transforms.pipeline import read_quarantine, scan_files
+
+    quarantine = scan_files([], "quarantine").with_columns(seq=pl.lit(0, pl.Int32))
+    expected = latest_versions(quarantine, ["account_id", "item_id"]).collect()
+    assert_frame_equal(read_quarantine([]), expected)
