@@ -171,15 +171,26 @@ class Lookup(Protocol):
 
 @dataclass
 class Upsert:
-    """Rows to write over a table by key: rows with these keys (or `gone`) go first."""
+    """Rows to write over a table by key: stored rows with these keys (or `gone`) go first.
+
+    `stored`: the keys among `rows` the table already holds, when known; only those are
+    deleted (a delete scans the table, so new keys are not looked for). None: all.
+    """
 
     key: list[str]
     rows: pl.DataFrame
     gone: pl.DataFrame | None = None  # keys to delete with no new row
+    stored: pl.DataFrame | None = None
 
     def delete_keys(self) -> pl.DataFrame:
-        keys = self.rows.select(self.key)
+        keys = self.rows.select(self.key) if self.stored is None else self.stored
         return pl.concat([keys, self.gone]) if self.gone is not None else keys
+
+    @classmethod
+    def over(cls, key: list[str], rows: pl.DataFrame, old: pl.DataFrame) -> Upsert:
+        """`rows` written over table `old` (its stored keys found here, not by the delete)."""
+        stored = rows.select(key).join(old.select(key), on=key, how="semi", nulls_equal=True)
+        return cls(key, rows, stored=stored)
 
 
 def changed_rows(
@@ -195,10 +206,12 @@ def changed_rows(
         cols = among.columns
         new = new.join(among, on=cols, how="semi", nulls_equal=True)
         old = old.join(among, on=cols, how="semi", nulls_equal=True)
+    rows = new.join(old, on=new.columns, how="anti", nulls_equal=True)
     return Upsert(
         key,
-        new.join(old, on=new.columns, how="anti", nulls_equal=True),
+        rows,
         old.select(key).join(new.select(key), on=key, how="anti", nulls_equal=True),
+        rows.select(key).join(old.select(key), on=key, how="semi", nulls_equal=True),
     )
 
 
@@ -452,11 +465,12 @@ def _build_delta(
         "people": changed_rows(people, previous.people, ["person_id"], near.to_frame()),
         "companies": changed_rows(companies, previous.companies, ["company_id"]),
         # counts and last use change only where the delta has rows
-        "_rapport_name_counts": changed_rows(
-            counts,
+        # every count of each key the delta has rows for, written over by key (a plain
+        # IN on one column; the (key, address, name) match had to handle NULL names)
+        "_rapport_name_counts": Upsert.over(
+            ["canonical_key"],
+            counts.join(delta_keys.unique(), on="canonical_key", how="semi"),
             previous.name_counts,
-            ["canonical_key", "email", "name"],
-            delta_keys.unique(),
         ),
         "_rapport_last_used": changed_rows(
             last_used, previous.last_used, ["email"], delta_last_used.select("email").unique()
@@ -471,7 +485,9 @@ def _build_delta(
         ),
         # addresses only join records (merges add, nothing removes): new ones only
         "_rapport_address_keys": Upsert(
-            ["address"], keys.join(previous.address_keys, on="address", how="anti")
+            ["address"],
+            keys.join(previous.address_keys, on="address", how="anti"),
+            stored=pl.DataFrame(schema={"address": pl.String}),
         ),
         "person_merges": changed_rows(person_merges, previous.person_merges, ["merged_id"]),
         "_rapport_name_parts": changed_rows(
@@ -576,7 +592,7 @@ def _build_delta(
         .group_by(pair)
         .agg(pl.col(SUM_COLUMNS).sum())
     )
-    upsert["_rapport_connection_sums"] = Upsert(pair, sums)
+    upsert["_rapport_connection_sums"] = Upsert.over(pair, sums, previous.connection_sums)
     if sink is not None:
         sink.upsert({"_rapport_connection_sums": upsert["_rapport_connection_sums"]})
         handed_over.add("_rapport_connection_sums")
@@ -637,8 +653,12 @@ def _build_delta(
     lap("metrics")
 
     activity = {
-        "_rapport_person_activity": Upsert(["person_id"], person_activity),
-        "_rapport_company_activity": Upsert(["company_id"], company_activity),
+        "_rapport_person_activity": Upsert.over(
+            ["person_id"], person_activity, previous.activity["person_id"]
+        ),
+        "_rapport_company_activity": Upsert.over(
+            ["company_id"], company_activity, previous.activity["company_id"]
+        ),
     }
     upsert |= activity
     if sink is not None:

@@ -308,7 +308,13 @@ def delete_keys(con: duckdb.DuckDBPyConnection, name: str, keys: pl.DataFrame) -
         return
     con.register("delete_keys", arrow_view(keys.unique()))
     try:
-        match = " AND ".join(f't."{c}" IS NOT DISTINCT FROM k."{c}"' for c in keys.columns)
-        con.execute(f'DELETE FROM "{name}" t USING delete_keys k WHERE {match}')
+        [first, *more] = keys.columns
+        if not more and not keys[first].has_nulls():  # the common case: a plain IN
+            con.execute(
+                f'DELETE FROM "{name}" WHERE "{first}" IN (SELECT "{first}" FROM delete_keys)'
+            )
+        else:
+            match = " AND ".join(f't."{c}" IS NOT DISTINCT FROM k."{c}"' for c in keys.columns)
+            con.execute(f'DELETE FROM "{name}" t USING delete_keys k WHERE {match}')
     finally:
         con.unregister("delete_keys")
