@@ -241,6 +241,7 @@ def incremental_run(home: Any, workdir: Path, as_of: datetime, full_s: float) ->
         copy = Home(workdir / f"incremental-{i}")
         shutil.rmtree(copy.root, ignore_errors=True)
         shutil.copytree(home.root, copy.root)
+        os.sync()  # else the run's fsyncs would also flush the copy just made (ext4)
         runs.append(_one_incremental_run(copy, workdir, as_of, full_s))
         shutil.rmtree(copy.root, ignore_errors=True)
     median = sorted(runs, key=lambda r: r["total_s"])[len(runs) // 2]
