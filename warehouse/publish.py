@@ -167,10 +167,13 @@ def swap_file(tmp: Path, warehouse: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    retired = None
+    retired: Path | None = None
     if warehouse.exists():
         retired = tmp.with_name(tmp.name.removesuffix(".building") + ".retired")
-        os.link(warehouse, retired)
+        try:
+            os.link(warehouse, retired)
+        except OSError:  # no hard links here (some network or FAT mounts): free it inline
+            retired = None
     os.replace(tmp, warehouse)
     fsync_dir(warehouse.parent)
     if retired is not None:
