@@ -232,8 +232,6 @@ def incremental_run(home: Any, workdir: Path, as_of: datetime, full_s: float) ->
     lake and state before the delta); the run with the median total is reported, with
     every run's total. `home` itself is left as it was.
     """
-    import shutil
-
     from flows.workspace import Home
 
     runs = []

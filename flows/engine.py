@@ -500,7 +500,7 @@ def build_and_publish(
         steps, gate_tables = stage.timings, stage.tables
     else:
         mode, reason = "incremental", None
-        staged_tables, stats = delta.staged.replace, delta.staged.stats
+        staged_tables, stats = {}, delta.staged.stats
         steps, gate_tables = delta.staged.timings, delta.staged.gate_tables
     timings["transform_s"] = round(time.perf_counter() - t0, 3)
     timings.update({f"transform.{step}": sec for step, sec in steps.items()})
@@ -590,19 +590,8 @@ class _DeltaRun:
 
     def row_count(self) -> int:
         upserts = [u.rows for u in self.staged.upsert.values()]
-        frames = [*self.staged.replace.values(), *upserts, *self.staged.append.values()]
+        frames = [*upserts, *self.staged.append.values()]
         return sum(f.height for f in frames)
-
-    def write_rest(self) -> None:
-        """Hand the writer what the build did not hand it on the way."""
-        staged = self.staged
-        handed = staged.handed_over
-        self.writer.replace(staged.replace)
-        self.writer.upsert({k: v for k, v in staged.upsert.items() if k not in handed})
-        self.writer.append(
-            {k: v for k, v in staged.append.items() if k not in handed},
-            {k: v for k, v in staged.deletes.items() if k not in handed},
-        )
 
     def finish(self, sync_runs: pl.DataFrame) -> None:
         """Add the run log, commit and swap the copy in."""
@@ -668,9 +657,7 @@ def _stage_delta(
         )
         staged = build_delta(frames, previous, new, DuckLookup(live), sink=writer)
         threading.Thread(target=live.close).start()  # (0.015 s at 1M: off the run's path)
-        run = _DeltaRun(staged, writer)
-        run.write_rest()
-        return run
+        return _DeltaRun(staged, writer)
     except Fallback as why:
         reason = str(why)
     except Exception as exc:  # the full build is the reference: a sync still completes

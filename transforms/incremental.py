@@ -49,7 +49,6 @@ from transforms.pipeline import (
     last_used_by_address,
     message_flags_table,
     messages_table,
-    new_survivors,
     normalise_blocklist,
     read_events,
     read_quarantine,
@@ -171,26 +170,28 @@ class Lookup(Protocol):
 
 @dataclass
 class Upsert:
-    """Rows to write over a table by key: stored rows with these keys (or `gone`) go first.
+    """Rows to write over a table by key: the stored rows they replace (and `gone`) go
+    first.
 
-    `stored`: the keys among `rows` the table already holds, when known; only those are
-    deleted (a delete scans the table, so new keys are not looked for). None: all.
+    `stored`: the keys among `rows` the table already holds. Only those are deleted: a
+    delete scans the table, so new keys are not looked for there.
     """
 
     key: list[str]
     rows: pl.DataFrame
+    stored: pl.DataFrame
     gone: pl.DataFrame | None = None  # keys to delete with no new row
-    stored: pl.DataFrame | None = None
 
     def delete_keys(self) -> pl.DataFrame:
-        keys = self.rows.select(self.key) if self.stored is None else self.stored
-        return pl.concat([keys, self.gone]) if self.gone is not None else keys
+        return pl.concat([self.stored, self.gone]) if self.gone is not None else self.stored
 
     @classmethod
-    def over(cls, key: list[str], rows: pl.DataFrame, old: pl.DataFrame) -> Upsert:
+    def over(
+        cls, key: list[str], rows: pl.DataFrame, old: pl.DataFrame, gone: pl.DataFrame | None = None
+    ) -> Upsert:
         """`rows` written over table `old` (its stored keys found here, not by the delete)."""
         stored = rows.select(key).join(old.select(key), on=key, how="semi", nulls_equal=True)
-        return cls(key, rows, stored=stored)
+        return cls(key, rows, stored, gone)
 
 
 def changed_rows(
@@ -207,25 +208,20 @@ def changed_rows(
         new = new.join(among, on=cols, how="semi", nulls_equal=True)
         old = old.join(among, on=cols, how="semi", nulls_equal=True)
     rows = new.join(old, on=new.columns, how="anti", nulls_equal=True)
-    return Upsert(
-        key,
-        rows,
-        old.select(key).join(new.select(key), on=key, how="anti", nulls_equal=True),
-        rows.select(key).join(old.select(key), on=key, how="semi", nulls_equal=True),
-    )
+    gone = old.select(key).join(new.select(key), on=key, how="anti", nulls_equal=True)
+    return Upsert.over(key, rows, old, gone)
 
 
 @dataclass
 class DeltaStaged:
-    replace: dict[str, pl.DataFrame]
+    """What a run writes. Every row was already handed to the build's `sink`; these are
+    kept for the row counts, the gate and the tests."""
+
     upsert: dict[str, Upsert]
     append: dict[str, pl.DataFrame]
-    deletes: dict[str, pl.DataFrame]  # per table: keys of rows removed before the append
     gate_tables: dict[str, pl.DataFrame]
     stats: dict[str, int]
     timings: dict[str, float] = field(default_factory=dict)
-    # tables whose appends (and deletes) or upserts went to `sink` during the build
-    handed_over: set[str] = field(default_factory=set)
 
 
 def fingerprint(frames: WorkspaceFrames) -> str:
@@ -265,13 +261,13 @@ def build_delta(
     previous: Previous,
     new_files: dict[str, list[str]],
     lookup: Lookup,
+    sink: RowSink,
     max_share: float = 0.2,
-    sink: RowSink | None = None,
 ) -> DeltaStaged:
     """Stage the changes a run over `new_files` makes to the published warehouse.
 
-    `sink` gets rows to append and upsert as soon as they are final, so a writer can
-    start on them while the build goes on; `handed_over` names those tables.
+    `sink` gets every row to append and upsert as soon as it is final, so a writer can
+    start on them while the build goes on.
     """
     lap = Laps()
     # The slowest questions (scans of the big tables) run in threads meanwhile.
@@ -290,7 +286,7 @@ def _build_delta(
     max_share: float,
     lap: Laps,
     background: ThreadPoolExecutor,
-    sink: RowSink | None,
+    sink: RowSink,
 ) -> DeltaStaged:
     around_rows = background.submit(lookup.rows_between, time_ranges(previous.as_of, frames.as_of))
     as_of = frames.as_of
@@ -365,8 +361,7 @@ def _build_delta(
         return name_counts(pl.concat([kept, new])).collect()
 
     # Only people the delta brings evidence for (or that absorbed a merge: their record
-    # is redone from all their addresses) can change here; the rest keep their row, and
-    # company links are redone for everyone below.
+    # is redone from all their addresses) are rebuilt here; the rest keep their row.
     candidates = candidates.collect()
     evidence_keys = pl.concat([candidates["canonical_key"], delta_keys.to_series()])
     redo = touched_people(
@@ -433,7 +428,7 @@ def _build_delta(
     ).filter(pl.col("company_id").ne_missing(pl.col("company_id_right")))
     if moved.height:
         raise Fallback("a person moved to another company")
-    survivors = new_survivors(person_merges, previous.person_merges)
+    survivors = folded["survivor_id"]
     survivor_keys = previous.person_keys.filter(pl.col("person_id").is_in(survivors.implode()))
     people = settle_survivors(
         people,
@@ -457,14 +452,12 @@ def _build_delta(
         .sort("person_id", maintain_order=True)
         .unique("canonical_key", keep="first", maintain_order=True)
     )
-    handed_over: set[str] = set()
     counts = counts.select("canonical_key", "email", "name", "n")
     # Rows whose key is new or whose values changed; the rest of each table stays. The
     # writer starts on them while the interactions are worked out.
     upsert = {
         "people": changed_rows(people, previous.people, ["person_id"], near.to_frame()),
         "companies": changed_rows(companies, previous.companies, ["company_id"]),
-        # counts and last use change only where the delta has rows
         # every count of each key the delta has rows for, written over by key (a plain
         # IN on one column; the (key, address, name) match had to handle NULL names)
         "_rapport_name_counts": Upsert.over(
@@ -472,6 +465,7 @@ def _build_delta(
             counts.join(delta_keys.unique(), on="canonical_key", how="semi"),
             previous.name_counts,
         ),
+        # last use changes only where the delta has rows
         "_rapport_last_used": changed_rows(
             last_used, previous.last_used, ["email"], delta_last_used.select("email").unique()
         ),
@@ -494,9 +488,7 @@ def _build_delta(
             name_parts, previous.name_parts, [name_parts.columns[0]]
         ),
     }
-    if sink is not None:
-        sink.upsert(dict(upsert))
-        handed_over |= set(upsert)
+    sink.upsert(dict(upsert))
     rows, contact_rows = interaction_rows(
         visible,
         vparts,
@@ -549,9 +541,7 @@ def _build_delta(
         "_rapport_contact_history": contact_rows,
     }
     deletes = {"_rapport_contact_history": promoted.select("canonical_key")}
-    if sink is not None:
-        sink.append(dict(append), deletes)
-        handed_over |= set(append)
+    sink.append(dict(append), deletes)
     by_source = by_source_rows.result().cast(INTERACTIONS_SCHEMA)
     existing = by_source.join(merged.select(INTERACTION_KEY), on=INTERACTION_KEY, how="semi")
     if existing.height:
@@ -569,9 +559,7 @@ def _build_delta(
         existing.select(INTERACTION_KEY), on=INTERACTION_KEY, how="anti"
     )
     append["interactions"] = delta_interactions
-    if sink is not None:
-        sink.append({"interactions": delta_interactions}, {})
-        handed_over.add("interactions")
+    sink.append({"interactions": delta_interactions}, {})
     lap("interactions")
 
     # --- metrics: update who the delta or the clock touched from a few rows; everyone
@@ -593,10 +581,8 @@ def _build_delta(
         .agg(pl.col(SUM_COLUMNS).sum())
     )
     upsert["_rapport_connection_sums"] = Upsert.over(pair, sums, previous.connection_sums)
-    if sink is not None:
-        sink.upsert({"_rapport_connection_sums": upsert["_rapport_connection_sums"]})
-        handed_over.add("_rapport_connection_sums")
-        sink.checkpoint()  # only the activity rows are still to come
+    sink.upsert({"_rapport_connection_sums": upsert["_rapport_connection_sums"]})
+    sink.checkpoint()  # only the activity rows are still to come
     members = frames.members
     new_companies = companies.join(previous.companies, on="company_id", how="anti")
 
@@ -661,10 +647,7 @@ def _build_delta(
         ),
     }
     upsert |= activity
-    if sink is not None:
-        sink.upsert(activity)
-        handed_over |= set(activity)
-    replace: dict[str, pl.DataFrame] = {}
+    sink.upsert(activity)
     stats = {
         "delta_messages": visible.height,
         "delta_events": events.height,
@@ -685,7 +668,7 @@ def _build_delta(
         "_rapport_connection_sums": sums,
     }
     lap("tables")
-    return DeltaStaged(replace, upsert, append, deletes, gate_tables, stats, lap.times, handed_over)
+    return DeltaStaged(upsert, append, gate_tables, stats, lap.times)
 
 
 EMAIL_KINDS = ["email_sent", "email_received"]

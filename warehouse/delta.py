@@ -12,7 +12,6 @@ questions (`DuckLookup`) meanwhile.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,6 +22,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from connectors.lake import fsync_path
 from transforms.incremental import PREVIOUS_TABLES, Previous, Upsert
 from warehouse.publish import arrow_view, insert_frame, swap_file
 
@@ -59,11 +59,7 @@ def copy_live(warehouse: Path, tmp: Path) -> Path:
     pays for flushing the whole copy (measured 0.05 s of its 0.07 s at 1M).
     """
     shutil.copyfile(warehouse, tmp)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(tmp)
     return tmp
 
 
@@ -75,9 +71,7 @@ def open_copy(tmp: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def discard(tmp: Path, con: duckdb.DuckDBPyConnection | None = None) -> None:
-    if con is not None:
-        con.close()
+def discard(tmp: Path) -> None:
     for path in (tmp, tmp.with_name(tmp.name + ".wal")):
         path.unlink(missing_ok=True)
 
@@ -213,7 +207,6 @@ class DeltaWriter:
         self.warehouse, self.tmp = warehouse, tmp
         self.con: duckdb.DuckDBPyConnection | None = None
         self.error: BaseException | None = None
-        self.rows = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="delta-writer")
         self._pool.submit(self._run, self._open)
 
@@ -239,7 +232,7 @@ class DeltaWriter:
         assert self.con is not None
         for name, frame in tables.items():
             self.con.execute(f'DELETE FROM "{name}"')
-            self.rows += insert_frame(self.con, name, frame)
+            insert_frame(self.con, name, frame)
 
     def append(self, tables: dict[str, pl.DataFrame], deletes: dict[str, pl.DataFrame]) -> None:
         """Rows added to tables, after deleting rows by key (`deletes`: the keys per table)."""
@@ -250,7 +243,7 @@ class DeltaWriter:
         for name, keys in deletes.items():
             delete_keys(self.con, name, keys)
         for name, frame in tables.items():
-            self.rows += insert_frame(self.con, name, frame)
+            insert_frame(self.con, name, frame)
 
     def upsert(self, upserts: dict[str, Upsert]) -> None:
         """Rows written over tables by key."""
@@ -260,7 +253,7 @@ class DeltaWriter:
         assert self.con is not None
         for name, upsert in upserts.items():
             delete_keys(self.con, name, upsert.delete_keys())
-            self.rows += insert_frame(self.con, name, upsert.rows)
+            insert_frame(self.con, name, upsert.rows)
 
     def checkpoint(self) -> None:
         """Commit and checkpoint what was handed over so far (compressing the appended

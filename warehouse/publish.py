@@ -22,7 +22,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from connectors.lake import fsync_dir
+from connectors.lake import fsync_dir, fsync_path
 
 
 def sql_text(name: str) -> str:
@@ -162,11 +162,7 @@ def swap_file(tmp: Path, warehouse: Path) -> None:
     file's blocks happens in the call that drops its last name, and that would hold up
     the publish (0.015 s for 180 MB). Analysts reading it keep it open either way.
     """
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(tmp)
     retired: Path | None = None
     if warehouse.exists():
         retired = tmp.with_name(tmp.name.removesuffix(".building") + ".retired")
