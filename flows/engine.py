@@ -655,7 +655,8 @@ def _stage_delta(
         writer.append(
             {"_rapport_lake_files": pl.DataFrame({"path": new_ids}, {"path": pl.String})}, {}
         )
-        staged = build_delta(frames, previous, new, DuckLookup(live), sink=writer)
+        known = {t: [f for f in files if ids[f] in seen] for t, files in current.items()}
+        staged = build_delta(frames, previous, new, DuckLookup(live), writer, known)
         threading.Thread(target=live.close).start()  # (0.015 s at 1M: off the run's path)
         return _DeltaRun(staged, writer)
     except Fallback as why:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -32,7 +33,7 @@ from typing import Protocol
 import polars as pl
 
 from transforms.current import current_messages, current_participants
-from transforms.events import EVENTS_SCHEMA, attendee_candidates, events_table
+from transforms.events import EVENTS_SCHEMA, attendee_candidates, current_events, events_table
 from transforms.metrics import (
     INTERACTIONS_SCHEMA,
     SUM_COLUMNS,
@@ -155,9 +156,9 @@ class RowSink(Protocol):
 class Lookup(Protocol):
     """Questions the incremental build asks the published warehouse."""
 
-    def count_matching(self, table: str, keys: pl.DataFrame) -> int: ...
+    def matching(self, table: str, keys: pl.DataFrame) -> pl.DataFrame: ...
 
-    def count_messages(self, keys: pl.Series) -> int: ...
+    def published_messages(self, keys: pl.Series) -> pl.Series: ...
 
     def contact_history(self, keys: pl.Series) -> pl.DataFrame: ...
 
@@ -256,24 +257,105 @@ def _message_keys(frame: pl.DataFrame, id_column: str, name: str) -> pl.DataFram
     return frame.select(pl.concat_str(["account_id", id_column], separator=":").alias(name))
 
 
+@dataclass(frozen=True)
+class Landing:
+    """One kind of item a connector lands again when it changes at the provider (a label,
+    the read state, an RSVP, a field Rapport does not keep), and what such a landing may
+    change without changing anything the build derives from the item."""
+
+    items: str  # lake table of the items
+    people: str  # lake table of their participants / attendees
+    id_column: str
+    current: Callable[[pl.LazyFrame], pl.LazyFrame]  # the live version of each item
+    may_change: tuple[str, ...]
+    derived: dict[str, pl.Expr] = field(default_factory=dict)  # read from what may change
+
+    @property
+    def key(self) -> list[str]:
+        return ["account_id", self.id_column]
+
+    def landed(
+        self, files: dict[str, list[str]], keys: pl.DataFrame
+    ) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """The live landed version of each item of `keys` among `files`, and its people
+        in landing order."""
+        ids = keys[self.id_column].unique().implode()
+        items = self.current(
+            scan_files(files.get(self.items, []), self.items)
+            .filter(pl.col(self.id_column).is_in(ids))
+            .join(keys.lazy(), on=self.key, how="semi")
+        ).collect()
+        version = [*self.key, "version"]
+        people = (
+            scan_files(files.get(self.people, []), self.people)
+            .filter(pl.col(self.id_column).is_in(ids))
+            .join(items.lazy().select(version), on=version, how="semi", maintain_order="left")
+            .collect()
+        )
+        return items, people
+
+    def same(
+        self, was: tuple[pl.DataFrame, pl.DataFrame], now: tuple[pl.DataFrame, pl.DataFrame]
+    ) -> bool:
+        """Whether two landings hold the same content: every column but those that may
+        change (and the same values derived from them), and the same people in the same
+        order (the order of `to_emails`)."""
+
+        def content(items: pl.DataFrame, people: pl.DataFrame) -> list[pl.DataFrame]:
+            return [
+                items.select(pl.exclude(self.may_change), **self.derived).sort(self.key),
+                people.drop("version").sort(self.key, maintain_order=True),
+            ]
+
+        return all(a.equals(b) for a, b in zip(content(*was), content(*now), strict=True))
+
+
+RELANDED_MAIL = Landing(
+    "messages",
+    "participants",
+    "message_id",
+    current_messages,
+    ("fetched_at", "version", "seq", "labels"),
+    {"sent": pl.col("labels").list.contains("SENT")},  # SENT decides the direction
+)
+RELANDED_EVENTS = Landing(
+    "events", "attendees", "event_id", current_events, ("fetched_at", "version", "seq")
+)
+
+
+def unchanged(
+    landing: Landing,
+    known_files: dict[str, list[str]],
+    new_files: dict[str, list[str]],
+    keys: pl.DataFrame,
+) -> bool:
+    """Whether the items of `keys`, published from `known_files` and landed again in
+    `new_files`, hold the same content in both."""
+    return landing.same(landing.landed(known_files, keys), landing.landed(new_files, keys))
+
+
 def build_delta(
     frames: WorkspaceFrames,
     previous: Previous,
     new_files: dict[str, list[str]],
     lookup: Lookup,
     sink: RowSink,
+    known_files: dict[str, list[str]] | None = None,
     max_share: float = 0.2,
 ) -> DeltaStaged:
     """Stage the changes a run over `new_files` makes to the published warehouse.
 
     `sink` gets every row to append and upsert as soon as it is final, so a writer can
-    start on them while the build goes on.
+    start on them while the build goes on. `known_files`: the lake files the published
+    run read, where the published versions of mail and events landed again are found.
     """
     lap = Laps()
     # The slowest questions (scans of the big tables) run in threads meanwhile.
     background = ThreadPoolExecutor(max_workers=2)
     try:
-        return _build_delta(frames, previous, new_files, lookup, max_share, lap, background, sink)
+        return _build_delta(
+            frames, previous, new_files, known_files or {}, lookup, max_share, lap, background, sink
+        )
     finally:
         background.shutdown(wait=True, cancel_futures=True)
 
@@ -282,6 +364,7 @@ def _build_delta(
     frames: WorkspaceFrames,
     previous: Previous,
     new_files: dict[str, list[str]],
+    known_files: dict[str, list[str]],
     lookup: Lookup,
     max_share: float,
     lap: Laps,
@@ -304,12 +387,17 @@ def _build_delta(
     msgs = current_messages(raw_msgs.lazy()).collect()
     if msgs["blocked"].any():
         raise Fallback("the delta holds blocklist markers")
-    seen_messages = background.submit(
-        lookup.count_messages, _message_keys(msgs, "message_id", "message_key").to_series()
+    published = background.submit(
+        lookup.published_messages, _message_keys(msgs, "message_id", "message_key").to_series()
     )
-    msgs = msgs.with_row_index("_mid")
-    parts = current_participants(scan_files(new_files["participants"], "participants"), msgs.lazy())
-    parts = with_internal_flag(parts, internal_addresses, internal_domains).collect()
+
+    def with_participants(msgs: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        msgs = msgs.with_row_index("_mid")
+        parts = scan_files(new_files["participants"], "participants")
+        parts = current_participants(parts, msgs.lazy())
+        return msgs, with_internal_flag(parts, internal_addresses, internal_domains).collect()
+
+    msgs, parts = with_participants(msgs)
 
     raw_events = scan_files(new_files["events"], "events").select("op").collect()
     if (raw_events["op"] != "upsert").any():
@@ -319,11 +407,34 @@ def _build_delta(
     )
     if blocked_events.height:
         raise Fallback("the delta holds blocklisted events")
-    if lookup.count_matching("events", _message_keys(events, "event_id", "event_key")):
-        raise Fallback("the delta changes published events")
+    # Events landed again (an RSVP, a description edit): the same rule as mail, below.
+    event_keys = _message_keys(events, "event_id", "event_key")
+    relanded_events = events.filter(
+        event_keys.to_series().is_in(lookup.matching("events", event_keys).to_series().implode())
+    ).select(RELANDED_EVENTS.key)
+    if relanded_events.height:
+        if not unchanged(RELANDED_EVENTS, known_files, new_files, relanded_events):
+            raise Fallback("the delta changes published events")
+        events, att = (
+            frame.join(relanded_events, on=RELANDED_EVENTS.key, how="anti", maintain_order="left")
+            for frame in (events, att)
+        )
     quarantine = read_quarantine(new_files["quarantine"])
-    if lookup.count_matching("quarantine", quarantine.select("account_id", "item_id")):
+    if lookup.matching("quarantine", quarantine.select("account_id", "item_id")).height:
         raise Fallback("the delta changes quarantined items")
+    # Mail landed again (a label or read-state change re-fetches it): a no-op when what
+    # was landed is the same, else only the full build can redo what it fed.
+    relanded = msgs.filter(
+        pl.concat_str(RELANDED_MAIL.key, separator=":").is_in(published.result().implode())
+    ).select(RELANDED_MAIL.key)
+    if relanded.height:
+        if not unchanged(RELANDED_MAIL, known_files, new_files, relanded):
+            raise Fallback("the delta changes published messages")
+        msgs, parts = with_participants(
+            msgs.drop("_mid").join(
+                relanded, on=RELANDED_MAIL.key, how="anti", maintain_order="left"
+            )
+        )
     lap("load_delta")
 
     # --- 1. blocklist: new mail the blocklist matches would hide whole threads
@@ -522,8 +633,6 @@ def _build_delta(
     # member): a no-op unless it would change the kept row.
     # Every stored row of each source the delta or the clock touches: one scan serves
     # the repeat check below and the window counts of people and companies.
-    if seen_messages.result():
-        raise Fallback("the delta changes published messages")
     around = around_rows.result().cast(INTERACTIONS_SCHEMA)
     sources = pl.concat([merged["source_key"], around["source_key"]]).unique()
     by_source_rows = background.submit(lookup.rows_with_sources, sources)
@@ -650,6 +759,7 @@ def _build_delta(
     sink.upsert(activity)
     stats = {
         "delta_messages": visible.height,
+        "relanded_unchanged": relanded.height + relanded_events.height,
         "delta_events": events.height,
         "delta_interactions": delta_interactions.height,
         "interactions_seen_again": existing.height,

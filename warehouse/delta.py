@@ -131,28 +131,30 @@ class DuckLookup:
         finally:
             cur.close()
 
-    def count_matching(self, table: str, keys: pl.DataFrame) -> int:
+    def matching(self, table: str, keys: pl.DataFrame) -> pl.DataFrame:
+        """The distinct `keys` rows the table holds (matched on all their columns)."""
         if keys.is_empty():
-            return 0
+            return keys.clear()
         with self._cursor() as cur:
             cur.register("lookup_keys", arrow_view(keys))
             cols = ", ".join(f'"{c}"' for c in keys.columns)
-            return cur.execute(
-                f"SELECT count(*) FROM {table} JOIN (SELECT DISTINCT {cols} FROM lookup_keys) "
-                f"USING ({cols})"
-            ).fetchall()[0][0]
+            return cur.sql(
+                f"SELECT DISTINCT {cols} FROM {table} JOIN (SELECT DISTINCT {cols} FROM"
+                f" lookup_keys) USING ({cols})"
+            ).pl()
 
-    def count_messages(self, keys: pl.Series) -> int:
-        """How many of these message keys are published (found by their hash first)."""
+    def published_messages(self, keys: pl.Series) -> pl.Series:
+        """Which of these message keys are published (found by their hash first)."""
         if keys.is_empty():
-            return 0
+            return pl.Series("message_key", [], pl.String)
         with self._cursor() as cur:
             cur.register("lookup_keys", arrow_view(pl.DataFrame({"k": keys.unique()})))
-            return cur.execute(
-                "SELECT count(*) FROM messages WHERE rowid IN (SELECT rowid FROM messages"
+            found = cur.execute(
+                "SELECT message_key FROM messages WHERE rowid IN (SELECT rowid FROM messages"
                 " WHERE key_hash IN (SELECT hash(k) FROM lookup_keys))"
                 " AND message_key IN (SELECT k FROM lookup_keys)"
-            ).fetchall()[0][0]
+            ).fetchall()
+        return pl.Series("message_key", [r[0] for r in found], pl.String)
 
     def contact_history(self, keys: pl.Series) -> pl.DataFrame:
         return self._where_in("SELECT * FROM _rapport_contact_history", "canonical_key", keys)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -141,10 +143,47 @@ def test_a_new_record_that_duplicates_an_existing_one_folds_into_it(tmp_path):
     assert_equals_full_rebuild(home, AS_OF)
 
 
+def test_mail_landed_again_with_new_labels_changes_nothing_and_stays_incremental(tmp_path):
+    """Starring h2 and marking h3 read re-fetch them (DESIGN §3): the same mail landed
+    again; ev1 comes back unchanged in what Rapport keeps (an edited description). The
+    run is incremental, adds one new mail, counts Ann's name once (not twice), and
+    equals a full build of the lake."""
+    box, home = sandbox_home(tmp_path)
+    box.land(ALICE, HISTORY)
+    box.land_event(BOB, "ev1", "2026-06-03T10:00:00", BOB, ["ann@globex.com"])
+    publish(home, AS_OF)
+    box.land_event(BOB, "ev1", "2026-06-03T10:00:00", BOB, ["ann@globex.com"])
+    box.land(
+        ALICE,
+        [
+            replace(HISTORY[1], labels=["INBOX", "STARRED"]),
+            replace(HISTORY[2], labels=["INBOX"]),  # (no UNREAD to drop in the sandbox)
+            Mail("d1", "ann@globex.com", [ALICE], at="2026-05-31T12:00:00"),
+        ],
+    )
+    out = publish(home, AS_OF)
+    assert out.mode == "incremental", out.fallback_reason
+    assert (out.stats["delta_messages"], out.stats["delta_events"]) == (1, 0)
+    assert out.stats["relanded_unchanged"] == 3
+    tables = snapshot(home.warehouse)
+    assert tables["messages"].height == len(HISTORY) + 1
+    ann = tables["_rapport_name_counts"].filter(pl.col("email") == "ann@globex.com")
+    # h2 names her once; h1, d1 and ev1 name no one. Counting the re-landed h2 or ev1
+    # again would make 2 or 4.
+    assert ann.sort("name", nulls_last=True).select("name", "n").rows() == [
+        ("Ann Lee", 1),
+        (None, 3),
+    ]
+    assert_equals_full_rebuild(home, AS_OF)
+
+
 @pytest.mark.parametrize(
     "change, reason",
     [
         ("delete", "the delta deletes messages"),
+        ("relabel_sent", "the delta changes published messages"),
+        ("renamed", "the delta changes published messages"),
+        ("rsvp", "the delta changes published events"),
         ("settings", "settings, accounts or blocklist changed"),
         ("earlier", "as_of is earlier than the published run's"),
     ],
@@ -152,10 +191,19 @@ def test_a_new_record_that_duplicates_an_existing_one_folds_into_it(tmp_path):
 def test_what_the_delta_path_cannot_do_exactly_falls_back_to_a_full_build(tmp_path, change, reason):
     box, home = sandbox_home(tmp_path)
     box.land(ALICE, HISTORY)
+    box.land_event(BOB, "ev1", "2026-06-03T10:00:00", BOB, ["ann@globex.com"])
     publish(home, AS_OF)
     as_of = AS_OF
     if change == "delete":
         box.delete(ALICE, "h1")
+    elif change == "relabel_sent":  # SENT decides the direction: h4 becomes sent mail
+        box.land(ALICE, [replace(HISTORY[3], labels=["SENT"])])
+    elif change == "renamed":  # the same mail with another display name for Ann
+        box.land(ALICE, [replace(HISTORY[1], names={"ann@globex.com": "Ann B. Lee"})])
+    elif change == "rsvp":  # Ann declines ev1: the same event landed with a new response
+        box.land_event(
+            BOB, "ev1", "2026-06-03T10:00:00", BOB, ["ann@globex.com"], declined=("ann@globex.com",)
+        )
     elif change == "settings":
         with home.editing() as ws:
             ws.extra_free_mail_domains.append("globex.com")
@@ -198,6 +246,7 @@ display_names = {
                 st.booleans(),  # sent by the owner?
                 st.lists(st.sampled_from(addresses), min_size=1, max_size=3),
                 st.integers(0, 72),  # hours after the previous as_of
+                st.sampled_from(["new", "starred", "sent"]),  # or land one again
             ),
             max_size=4,
         ),
@@ -213,8 +262,14 @@ def test_any_sequence_of_deltas_equals_a_full_build(deltas, step_days):
         as_of = AS_OF
         publish(home, as_of)
         n = 0
+        landed = {ALICE: HISTORY[1]}  # each mailbox's last mail, to land again
         for delta, days in zip(deltas, step_days, strict=False):
-            for owner, sent, others, hours in delta:
+            for owner, sent, others, hours, what in delta:
+                if what != "new" and owner in landed:  # a label change re-fetches it
+                    label = "STARRED" if what == "starred" else "SENT"
+                    again = replace(landed[owner], labels=[*landed[owner].labels, label])
+                    box.land(owner, [again])
+                    continue
                 n += 1
                 at = (as_of + timedelta(hours=hours - 48)).strftime("%Y-%m-%dT%H:%M:%S")
                 mail = (
@@ -223,6 +278,7 @@ def test_any_sequence_of_deltas_equals_a_full_build(deltas, step_days):
                     else Mail(f"x{n}", others[0], [owner, *others[1:]], at=at, names=display_names)
                 )
                 box.land(owner, [mail])
+                landed[owner] = mail
             as_of = as_of + timedelta(days=days)
             publish(home, as_of)
         assert_equals_full_rebuild(home, as_of)
@@ -341,3 +397,32 @@ def test_a_later_run_without_new_mail_writes_no_record_rows(tmp_path):
     assert after.height == before.height > 0
     assert (after["score"] < before["score"]).all()  # 15 minutes of decay, nothing stored
     assert_equals_full_rebuild(home, later)
+
+
+def test_a_gmail_label_change_synced_from_the_simulator_is_published_incrementally(tmp_path):
+    """End to end: starring a mail and marking another read in Gmail (history records
+    labelsAdded / labelsRemoved) re-fetch both through the real client; the publish stays
+    incremental, adds no message, and equals a full build."""
+    from connectors.simulators.google import GoogleSimulator
+    from tests.mailbox import connect, run_pipeline, sim_mail
+
+    with GoogleSimulator() as sim:
+        home = Home(tmp_path / "data")
+        connect(home, sim, ALICE)
+        box = sim.mailbox(ALICE)
+        box.add_messages(
+            [
+                sim_mail(1, f"<{ALICE}>", ["ann@globex.com"], labels=["SENT"]),
+                sim_mail(2, "Ann Lee <ann@globex.com>", [ALICE], labels=["INBOX", "UNREAD"]),
+            ]
+        )
+        run_pipeline(home)
+        box.modify_labels(f"{1:016x}", add=["STARRED"])
+        box.modify_labels(f"{2:016x}", remove=["UNREAD"])
+        results, out = run_pipeline(home)
+        gmail = [r for r in results if r.stream == "gmail"][0]
+        assert (gmail.mode, gmail.landed) == ("incremental", 2)
+        assert out.mode == "incremental", out.fallback_reason
+        assert (out.stats["relanded_unchanged"], out.stats["delta_messages"]) == (2, 0)
+        assert snapshot(home.warehouse)["messages"].height == 2
+        assert_equals_full_rebuild(home, AS_OF)

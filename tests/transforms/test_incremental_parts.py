@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import polars as pl
+import pyarrow as pa
 from polars.testing import assert_frame_equal
 
-from transforms.incremental import changed_rows
+from connectors.lake import MESSAGE_SCHEMA, PARTICIPANT_SCHEMA
+from transforms.incremental import RELANDED_MAIL, changed_rows
 from transforms.records import address_keys, touched_people
 
 
@@ -108,3 +112,37 @@ def test_a_run_without_quarantine_files_reads_the_same_empty_frame_as_the_pipeli
     quarantine = scan_files([], "quarantine").with_columns(seq=pl.lit(0, pl.Int32))
     expected = latest_versions(quarantine, ["account_id", "item_id"]).collect()
     assert_frame_equal(read_quarantine([]), expected)
+
+
+def _landing(labels: list[str], fetched: int, parts: list[tuple[str, str, str | None]]):
+    """One landed mail as (message rows, participant rows), raw lake columns."""
+    msg = {name: None for name in MESSAGE_SCHEMA.names}
+    msg |= {
+        "account_id": "a1",
+        "message_id": "m1",
+        "op": "upsert",
+        "blocked": False,
+        "subject": "hello",
+        "labels": labels,
+        "fetched_at": datetime(2026, 6, 1, fetched, tzinfo=UTC),
+        "version": fetched,
+        "seq": 0,
+    }
+    key = {"account_id": "a1", "message_id": "m1", "version": fetched}
+    rows = [key | {"role": r, "address": a, "name": n} for r, a, n in parts]
+    return (
+        pl.from_arrow(pa.Table.from_pylist([msg], MESSAGE_SCHEMA)),
+        pl.from_arrow(pa.Table.from_pylist(rows, PARTICIPANT_SCHEMA)),
+    )
+
+
+def test_a_relanding_is_the_same_mail_when_only_labels_other_than_sent_moved():
+    parts = [("from", "ann@globex.com", "Ann"), ("to", "a@acme.io", None), ("to", "b@x.io", None)]
+    was = _landing(["INBOX", "UNREAD"], 1, parts)
+    assert RELANDED_MAIL.same(was, _landing(["INBOX", "STARRED"], 2, parts))  # fetched later too
+    # SENT decides the direction; the order of `to` is the order of `to_emails`.
+    assert not RELANDED_MAIL.same(was, _landing(["INBOX", "SENT"], 2, parts))
+    assert not RELANDED_MAIL.same(was, _landing(["INBOX"], 2, [parts[0], parts[2], parts[1]]))
+    assert not RELANDED_MAIL.same(was, _landing(["INBOX"], 2, [("from", "ann@globex.com", "A")]))
+    renamed = [("from", "ann@globex.com", "Ann Lee"), *parts[1:]]
+    assert not RELANDED_MAIL.same(was, _landing(["INBOX"], 2, renamed))
