@@ -352,3 +352,41 @@ def land_workspace(
         counts[main] += frame.height
         counts[child_table] += children.height
     return counts
+
+
+def reland_messages(
+    lake_dir: Path, accounts: dict[str, str], n: int, *, label: str, now: datetime, seed: int = 7
+) -> dict[str, int]:
+    """Land `n` already landed messages again with `label` added, as a connector does when
+    a label or the read state changes at the provider: same content and participants, a
+    new version and fetch time. Returns rows per table."""
+    counts = {"messages": 0, "participants": 0}
+    for i, account_id in enumerate(accounts.values()):
+        msgs = pl.read_parquet(lake.glob(lake_dir, "messages", [account_id]))
+        share = n // len(accounts) + (i < n % len(accounts))
+        if msgs.is_empty() or not share:
+            continue
+        msgs = msgs.sample(min(share, msgs.height), seed=seed)
+        version = lake.new_version()
+        key = ["account_id", "message_id", "version"]
+        parts = pl.read_parquet(lake.glob(lake_dir, "participants", [account_id])).join(
+            msgs.select(key), on=key, how="semi", maintain_order="left"
+        )
+        name = _file_name(version)
+        lake.write_parquet_atomic(
+            _arrow(parts.with_columns(version=pl.lit(version, pl.Int64)), lake.PARTICIPANT_SCHEMA),
+            lake.account_dir(lake_dir, "participants", account_id) / name,
+        )
+        rows = msgs.with_columns(
+            labels=pl.col("labels").list.concat(pl.lit([label])),
+            version=pl.lit(version, pl.Int64),
+            seq=pl.int_range(pl.len(), dtype=pl.Int32),
+            fetched_at=pl.lit(now, dtype=TS),
+        )
+        lake.write_parquet_atomic(
+            _arrow(rows, lake.MESSAGE_SCHEMA),
+            lake.account_dir(lake_dir, "messages", account_id) / name,
+        )
+        counts["messages"] += rows.height
+        counts["participants"] += parts.height
+    return counts
