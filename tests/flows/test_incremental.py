@@ -426,3 +426,49 @@ def test_a_gmail_label_change_synced_from_the_simulator_is_published_incremental
         assert (out.stats["relanded_unchanged"], out.stats["delta_messages"]) == (2, 0)
         assert snapshot(home.warehouse)["messages"].height == 2
         assert_equals_full_rebuild(home, AS_OF)
+
+
+def test_an_outlook_read_state_change_synced_from_the_simulator_is_published_incrementally(
+    tmp_path,
+):
+    """End to end through msal and Graph delta: reading a mail in Outlook makes the next
+    delta return it as updated, so the connector lands it again; the publish stays
+    incremental and equals a full build."""
+    from dataclasses import replace as with_fields
+
+    from connectors.simulators.microsoft import MicrosoftSimulator
+    from flows.cli import add_account
+    from tests.mailbox import CLIENT_ID, CLIENT_SECRET, run_pipeline, sim_mail
+
+    carol = "carol@acme-team.io"
+    with MicrosoftSimulator() as sim:
+        home = Home(tmp_path / "data")
+        box = sim.add_user(
+            carol,
+            tenant="acme",
+            refresh_token="rt-carol",
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+        )
+        unread = sim_mail(1, "Ann Lee <ann@globex.com>", [carol], labels=["INBOX", "UNREAD"])
+        box.add_message(unread)
+        box.add_message(sim_mail(2, f"<{carol}>", ["ben@globex.com"], labels=["SENT"]))
+        add_account(
+            home,
+            provider="microsoft",
+            email=carol,
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            refresh_token="rt-carol",
+            tenant="acme",
+            authority=sim.authority_url("acme"),
+            graph_endpoint=sim.graph_url,
+        )
+        run_pipeline(home)
+        box.add_message(with_fields(unread, label_ids=["INBOX"]))  # isRead: true
+        results, out = run_pipeline(home)
+        mail = [r for r in results if r.stream == "outlook_mail"][0]
+        assert (mail.mode, mail.landed) == ("incremental", 1)
+        assert out.mode == "incremental", out.fallback_reason
+        assert (out.stats["relanded_unchanged"], out.stats["delta_messages"]) == (1, 0)
+        assert_equals_full_rebuild(home, AS_OF)
