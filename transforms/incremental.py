@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -279,16 +280,17 @@ class Landing:
     ) -> tuple[pl.DataFrame, pl.DataFrame]:
         """The live landed version of each item of `keys` among `files`, and its people
         in landing order."""
+        accounts = set(keys["account_id"].unique().to_list())
         ids = keys[self.id_column].unique().implode()
-        items = self.current(
-            scan_files(files.get(self.items, []), self.items)
-            .filter(pl.col(self.id_column).is_in(ids))
-            .join(keys.lazy(), on=self.key, how="semi")
-        ).collect()
+
+        def scan(table: str) -> pl.LazyFrame:  # the files of the keys' accounts only
+            paths = [p for p in files.get(table, []) if _lake_account(p) in accounts]
+            return scan_files(paths, table).filter(pl.col(self.id_column).is_in(ids))
+
+        items = self.current(scan(self.items).join(keys.lazy(), on=self.key, how="semi")).collect()
         version = [*self.key, "version"]
         people = (
-            scan_files(files.get(self.people, []), self.people)
-            .filter(pl.col(self.id_column).is_in(ids))
+            scan(self.people)
             .join(items.lazy().select(version), on=version, how="semi", maintain_order="left")
             .collect()
         )
@@ -308,6 +310,11 @@ class Landing:
             ]
 
         return all(a.equals(b) for a, b in zip(content(*was), content(*now), strict=True))
+
+
+def _lake_account(path: str) -> str:
+    """The account of a lake file (…/account_id=<id>/<batch>.parquet)."""
+    return os.path.basename(os.path.dirname(path)).removeprefix("account_id=")
 
 
 RELANDED_MAIL = Landing(
