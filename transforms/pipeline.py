@@ -665,7 +665,20 @@ def lists_by_row(rows: pl.DataFrame, value: pl.Expr, n: int) -> pl.Series:
     narrow = rows.select("_mid", _value=value)
     if not narrow["_mid"].is_sorted():
         narrow = narrow.sort("_mid")
-    bounds = pl.int_range(n + 1, dtype=pl.UInt32, eager=True)
-    offsets = narrow["_mid"].search_sorted(bounds, side="left").cast(pl.Int64)
+    offsets = row_offsets(narrow["_mid"], n)
     values = narrow["_value"].to_arrow(compat_level=pl.CompatLevel.newest())
     return pl.Series(pa.LargeListArray.from_arrays(offsets.to_arrow(), values))
+
+
+def row_offsets(mids: pl.Series, n: int) -> pl.Series:
+    """Where each `_mid` 0..n starts among sorted `mids` (n: their end), as list offsets.
+
+    The first row of each run of equal values gives its start; values with no rows take
+    the next start. (One pass, where searching the sorted rows for every 0..n was 3x
+    slower at a million messages.)
+    """
+    first = (mids != mids.shift(1)).fill_null(True)
+    starts = pl.arg_where(first, eager=True).cast(pl.Int64)
+    offsets = pl.repeat(None, n + 1, dtype=pl.Int64, eager=True)
+    offsets = offsets.scatter(mids.filter(first).cast(pl.Int64), starts)
+    return offsets.scatter([n], [mids.len()]).fill_null(strategy="backward")

@@ -16,7 +16,7 @@ from transforms import addresses
 from transforms.addresses import canonical_key, normalise_address, normalise_addresses
 from transforms.current import with_message_row
 from transforms.metrics import with_message_columns
-from transforms.pipeline import lists_by_row
+from transforms.pipeline import lists_by_row, row_offsets
 
 ADDRESS_POOL = [
     "Ann@Example.com",
@@ -174,6 +174,16 @@ def test_lists_by_row_equal_a_group_by_in_any_row_order(mids, n):
     assert got.len() == n
     expected = {m: sorted(rows.filter(pl.col("_mid") == m)["v"].to_list()) for m in range(n)}
     assert {m: sorted(values) for m, values in enumerate(got.to_list())} == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(mids=st.lists(st.integers(0, 12), max_size=40), extra=st.integers(0, 3))
+def test_row_offsets_equal_searching_the_sorted_rows(mids, extra):
+    sorted_mids = pl.Series(sorted(mids), dtype=pl.UInt32)
+    n = (max(mids) + 1 if mids else 0) + extra
+    bounds = pl.int_range(n + 1, dtype=pl.UInt32, eager=True)
+    expected = sorted_mids.search_sorted(bounds, side="left").cast(pl.Int64)
+    assert row_offsets(sorted_mids, n).to_list() == expected.to_list()
 
 
 def test_interactions_by_position_equal_the_plain_joins(tmp_path, monkeypatch):
