@@ -391,9 +391,9 @@ def _build_delta(
         raise Fallback(f"large delta ({raw_msgs.height:,} message rows): a full build is cheaper")
     if (raw_msgs["op"] != "upsert").any():
         raise Fallback("the delta deletes messages")
+    # (Blocklist markers stay: each blocks its thread's records, below. A marker of mail
+    # that is published is mail landed again, and changed: see the re-landings.)
     msgs = current_messages(raw_msgs.lazy()).collect()
-    if msgs["blocked"].any():
-        raise Fallback("the delta holds blocklist markers")
     published = background.submit(
         lookup.published_messages, _message_keys(msgs, "message_id", "message_key").to_series()
     )
@@ -412,8 +412,9 @@ def _build_delta(
     events, blocked_events, att = read_events(
         new_files["events"], new_files["attendees"], internal_addresses, internal_domains
     )
-    if blocked_events.height:
-        raise Fallback("the delta holds blocklisted events")
+    # A blocked event's marker changes nothing, unless it hides a published event.
+    if lookup.matching("events", _message_keys(blocked_events, "event_id", "event_key")).height:
+        raise Fallback("the delta blocks published events")
     # Events landed again (an RSVP, a description edit): the same rule as mail, below.
     event_keys = _message_keys(events, "event_id", "event_key")
     relanded_events = events.filter(
@@ -444,13 +445,21 @@ def _build_delta(
         )
     lap("load_delta")
 
-    # --- 1. blocklist: new mail the blocklist matches would hide whole threads
+    # --- 1. blocklist: a marker (blocked mail, landed without content) hides itself and
+    # keeps its thread from creating records. Records are durable and their creation
+    # time is the earliest evidence ever seen, so a newly blocked thread changes no
+    # published row: it only joins the blocked threads. Delta mail that the blocklist
+    # matches although landed in full (not a connector's way) is left to the full build.
     blocklist = normalise_blocklist(frames.blocklist)
     visible, vparts, blocked_threads = split_blocked(msgs.lazy(), parts.lazy(), blocklist)
-    if blocked_threads.collect().height or visible.select(pl.len()).collect().item() < msgs.height:
-        raise Fallback("delta mail matches the blocklist")
     visible = with_direction(visible, vparts, frames.account_addresses).collect()
+    if visible.height + int(msgs["blocked"].sum()) < msgs.height:
+        raise Fallback("delta mail matches the blocklist")
     vparts = vparts.collect()
+    thread = ["account_id", "thread_id"]
+    new_blocked_threads = blocked_threads.collect().join(
+        previous.blocked_threads, on=thread, how="anti"
+    )
 
     # --- 2-4. records from the delta's evidence plus the kept counts
     candidates = pl.concat(
@@ -458,7 +467,8 @@ def _build_delta(
             person_candidates(
                 visible.lazy(),
                 vparts.lazy(),
-                previous.blocked_threads.lazy(),  # new mail in a blocked thread stays out
+                # new mail in a blocked thread stays out
+                pl.concat([previous.blocked_threads, new_blocked_threads]).lazy(),
                 erc_off_intervals(frames.erc_toggles),
                 exclude_list_mail=frames.exclude_list_mail,
                 automated_pattern=frames.automated_pattern,
@@ -655,6 +665,7 @@ def _build_delta(
             "account_id", "stream", "item_id", "reason", "detail", "fetched_at"
         ),
         "_rapport_contact_history": contact_rows,
+        "_rapport_blocked_threads": new_blocked_threads,
     }
     deletes = {"_rapport_contact_history": promoted.select("canonical_key")}
     sink.append(dict(append), deletes)
@@ -767,6 +778,7 @@ def _build_delta(
     stats = {
         "delta_messages": visible.height,
         "relanded_unchanged": relanded.height + relanded_events.height,
+        "threads_blocked": new_blocked_threads.height,
         "delta_events": events.height,
         "delta_interactions": delta_interactions.height,
         "interactions_seen_again": existing.height,

@@ -177,6 +177,35 @@ def test_mail_landed_again_with_new_labels_changes_nothing_and_stays_incremental
     assert_equals_full_rebuild(home, AS_OF)
 
 
+def test_blocked_mail_blocks_its_thread_and_stays_incremental(tmp_path):
+    """A blocklisted sender writes again: the connector lands a marker (no content) in
+    thread t9, Alice's reply in t9 to a new address creates no person (its thread is
+    blocked, DESIGN §4.2), a blocked meeting adds nothing, other new mail counts as
+    usual. All incremental, and equal to a full build."""
+    box, home = sandbox_home(tmp_path)
+    box.block(ALICE, "spam@junk.io", "address")
+    home.save(box.ws)
+    box.land(ALICE, HISTORY)
+    publish(home, AS_OF)
+    box.land(
+        ALICE,
+        [
+            Mail("b1", "spam@junk.io", [ALICE], thread="t9", blocked_marker=True),
+            Mail("b2", ALICE, ["new@hooli.com"], thread="t9", at="2026-05-31T10:00:00"),
+            Mail("d1", ALICE, ["zoe@umbrella.io"], at="2026-05-31T11:00:00"),
+        ],
+    )
+    box.land_event(BOB, "evb", "2026-05-30T10:00:00", BOB, ["x@junk.io"], status="blocked")
+    out = publish(home, AS_OF)
+    assert out.mode == "incremental", out.fallback_reason
+    assert (out.stats["delta_messages"], out.stats["delta_events"]) == (2, 0)  # b2, d1
+    assert (out.stats["threads_blocked"], out.stats["people_created"]) == (1, 1)  # zoe only
+    tables = snapshot(home.warehouse)
+    assert "new@hooli.com" not in tables["people"]["primary_email"].to_list()
+    assert tables["_rapport_blocked_threads"].rows() == [(box.account(ALICE), "t9")]
+    assert_equals_full_rebuild(home, AS_OF)
+
+
 @pytest.mark.parametrize(
     "change, reason",
     [
@@ -246,7 +275,8 @@ display_names = {
                 st.booleans(),  # sent by the owner?
                 st.lists(st.sampled_from(addresses), min_size=1, max_size=3),
                 st.integers(0, 72),  # hours after the previous as_of
-                st.sampled_from(["new", "starred", "sent"]),  # or land one again
+                # or land one again, or a blocklist marker in its thread
+                st.sampled_from(["new", "starred", "sent", "marker"]),
             ),
             max_size=4,
         ),
@@ -265,6 +295,12 @@ def test_any_sequence_of_deltas_equals_a_full_build(deltas, step_days):
         landed = {ALICE: HISTORY[1]}  # each mailbox's last mail, to land again
         for delta, days in zip(deltas, step_days, strict=False):
             for owner, sent, others, hours, what in delta:
+                if what == "marker" and owner in landed:  # blocked mail in that thread
+                    n += 1
+                    thread = landed[owner].thread or landed[owner].id
+                    blocked = Mail(f"x{n}", "spam@junk.io", [owner], blocked_marker=True)
+                    box.land(owner, [replace(blocked, thread=thread)])
+                    continue
                 if what != "new" and owner in landed:  # a label change re-fetches it
                     label = "STARRED" if what == "starred" else "SENT"
                     again = replace(landed[owner], labels=[*landed[owner].labels, label])

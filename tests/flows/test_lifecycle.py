@@ -64,11 +64,21 @@ def test_blocklist_add_is_retroactive_and_remove_refetches(tmp_path):
         assert b"secret-plan" not in lake_bytes(home)
         assert rows(home, "SELECT person_id FROM people ORDER BY 1") == people_before
 
+        # rival.com writes again: only a marker lands, and the publish stays incremental
+        sim.mailbox(ALICE).add_messages(
+            [sim_mail(3, "<ceo@rival.com>", [ALICE], subject="secret-offer")]
+        )
+        _, again = run_pipeline(home)
+        assert again.mode == "incremental", again.fallback_reason
+        assert again.stats["threads_blocked"] == 1
+        assert rows(home, "SELECT count(*) FROM messages")[0][0] == 1
+        assert b"secret-offer" not in lake_bytes(home)
+
         out = cli(home, "blocklist", "remove", "--account", ALICE, "rival.com")
         assert out.exit_code == 0 and "re-fetches" in out.output
         sim.clear_requests()
         run_pipeline(home)
-        assert rows(home, "SELECT count(*) FROM messages")[0][0] == 2
+        assert rows(home, "SELECT count(*) FROM messages")[0][0] == 3  # 1 and 3 come back
         assert any(r.in_batch for r in sim.requests), "the purged mail was fetched again"
         assert rows(home, "SELECT subject FROM messages WHERE subject = 'secret-plan'")
 
