@@ -33,15 +33,20 @@ from typing import Protocol
 
 import polars as pl
 
-from transforms.current import current_messages, current_participants
+from transforms.addresses import normalise_addresses
+from transforms.current import current_messages, current_participants, latest_versions
 from transforms.events import EVENTS_SCHEMA, attendee_candidates, current_events, events_table
 from transforms.metrics import (
     INTERACTIONS_SCHEMA,
     SUM_COLUMNS,
+    company_activity,
     dedupe_interactions,
+    person_activity,
     person_connection_sums,
+    source_key,
 )
 from transforms.pipeline import (
+    LAKE_TABLES,
     NAME_SOURCE,
     Laps,
     WorkspaceFrames,
@@ -72,7 +77,7 @@ from transforms.records import (
 from transforms.rules import split_blocked, with_direction, with_internal_flag
 
 # Bump when the meaning of the kept state changes: older warehouses then rebuild in full.
-STATE_VERSION = "6"
+STATE_VERSION = "7"
 # Windows of the metrics (days): time moving past their edges changes a person's row.
 WINDOW_DAYS = (0, 30, 90, 365)
 INTERACTION_KEY = ["member_id", "person_id", "source_key"]
@@ -168,6 +173,10 @@ class Lookup(Protocol):
     def rows_with_sources(self, sources: pl.Series) -> pl.DataFrame: ...
 
     def meetings_after(self, after: datetime) -> pl.DataFrame: ...
+
+    def rows_of(self, column: str, ids: pl.Series) -> pl.DataFrame: ...
+
+    def messages_with_rfc(self, rfc_ids: pl.Series) -> pl.DataFrame: ...
 
 
 @dataclass
@@ -341,6 +350,124 @@ def unchanged(
     return landing.same(landing.landed(known_files, keys), landing.landed(new_files, keys))
 
 
+MAIL_KEY = ["account_id", "message_id"]
+SOURCE = ["member_id", "source_key"]
+
+
+def _mail_keys(frame: pl.DataFrame) -> pl.Series:
+    return frame.select(pl.concat_str(MAIL_KEY, separator=":").alias("message_key")).to_series()
+
+
+def _all_files(*sets: dict[str, list[str]]) -> dict[str, list[str]]:
+    return {t: [f for files in sets for f in files.get(t, [])] for t in LAKE_TABLES}
+
+
+def mail_sources(msgs: pl.DataFrame, accounts: pl.DataFrame) -> pl.DataFrame:
+    """(member_id, source_key) of each mail: whose interactions and contact rows it feeds."""
+    members = dict(zip(accounts["account_id"], accounts["member_id"], strict=True))
+    return msgs.select(
+        member_id=pl.col("account_id").replace_strict(members, default=None),
+        source_key=source_key(),
+    )
+
+
+@dataclass
+class Removed:
+    """Published mail the delta deletes, and what it fed, to take back out."""
+
+    message_keys: pl.Series
+    parts: pl.DataFrame  # its participants, normalised as the build reads them
+    sources: pl.DataFrame  # (member_id, source_key): its interactions and contact rows
+    last_uses: pl.DataFrame  # (email, last_used_at) over it, as last_used_by_address
+
+    def drop_rows(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """Interaction or contact rows without those of the deleted mail."""
+        if self.sources.is_empty():
+            return rows
+        return rows.join(self.sources, on=SOURCE, how="anti", nulls_equal=True)
+
+
+def _no_parts() -> pl.DataFrame:
+    schema = {"canonical_key": pl.String, "email": pl.String, "name": pl.String}
+    return pl.DataFrame(schema={**schema, "valid": pl.Boolean})
+
+
+def removed_mail(
+    gone: pl.DataFrame, known_files: dict[str, list[str]], frames: WorkspaceFrames, lookup: Lookup
+) -> Removed:
+    """What the published mail `gone` (account_id, message_id) fed: read back from the
+    lake files the published run read.
+
+    Interactions and contact rows are one per (member, person, source): deleting one copy
+    of a mail whose member holds another copy (a second mailbox) would change the kept
+    row, so that is left to the full build.
+    """
+    if gone.is_empty():
+        nothing = pl.DataFrame(schema={"member_id": pl.String, "source_key": pl.String})
+        uses = pl.DataFrame(schema={"email": pl.String, "last_used_at": pl.Datetime("us", "UTC")})
+        return Removed(pl.Series("message_key", [], pl.String), _no_parts(), nothing, uses)
+    msgs, raw_parts = RELANDED_MAIL.landed(known_files, gone)
+    if msgs.height != gone.height:
+        raise Fallback("deleted mail is missing from the lake")
+    msgs = msgs.with_row_index("_mid")
+    internal_addresses, internal_domains = frames.internal
+    parts = with_internal_flag(
+        current_participants(raw_parts.lazy(), msgs.lazy()), internal_addresses, internal_domains
+    ).collect()
+    sources = mail_sources(msgs, frames.accounts)
+    rfc_ids = msgs["rfc_message_id"].drop_nulls().unique()
+    if rfc_ids.len():
+        copies = (
+            lookup.messages_with_rfc(rfc_ids)
+            .filter(~pl.col("message_key").is_in(_mail_keys(msgs).implode()))
+            .with_columns(  # message_key is "<account_id>:<message_id>"
+                message_id=pl.col("message_key").str.slice(pl.col("account_id").str.len_chars() + 1)
+            )
+        )
+        if mail_sources(copies, frames.accounts).join(sources, on=SOURCE, how="semi").height:
+            raise Fallback("deleted mail has another copy for its member")
+    uses = last_used_by_address(msgs.lazy(), parts.lazy()).collect()
+    return Removed(_mail_keys(msgs), parts, sources.unique(), uses)
+
+
+def last_use_of(
+    emails: pl.Series,
+    files: dict[str, list[str]],
+    removed: Removed,
+    delta_visible: pl.DataFrame,
+    lookup: Lookup,
+) -> pl.DataFrame:
+    """When each of `emails` last appeared on visible mail, once `removed` is deleted:
+    found again in the lake (the addresses as landed that normalise to them, on the live
+    version of each mail), kept to published mail and the delta's."""
+    parts = (
+        scan_files(files["participants"], "participants")
+        .select(*MAIL_KEY, "version", "address")
+        .collect()
+    )
+    spelled = normalise_addresses(
+        parts.select(pl.col("address").unique().drop_nulls()).lazy(), "address"
+    ).filter(pl.col("email").is_in(emails.implode()))
+    rows = parts.join(spelled.select("address", "email").collect(), on="address")
+    live = latest_versions(
+        scan_files(files["messages"], "messages")
+        .select(*MAIL_KEY, "op", "blocked", "sent_at", "version", "seq")
+        .filter(pl.col("message_id").is_in(rows["message_id"].unique().implode())),
+        MAIL_KEY,
+    ).filter((pl.col("op") == "upsert") & ~pl.col("blocked"))
+    rows = rows.join(live.collect(), on=[*MAIL_KEY, "version"]).with_columns(
+        message_key=pl.concat_str(MAIL_KEY, separator=":")
+    )
+    published = lookup.published_messages(rows["message_key"].unique())
+    published = published.filter(~published.is_in(removed.message_keys.implode()))
+    visible = pl.concat([published, _mail_keys(delta_visible)])
+    return (
+        rows.filter(pl.col("message_key").is_in(visible.implode()))
+        .group_by("email")
+        .agg(last_used_at=pl.max("sent_at"))
+    )
+
+
 def build_delta(
     frames: WorkspaceFrames,
     previous: Previous,
@@ -389,13 +516,19 @@ def _build_delta(
     raw_msgs = scan_files(new_files["messages"], "messages").collect()
     if raw_msgs.height > max(10_000, max_share * previous.published_messages):
         raise Fallback(f"large delta ({raw_msgs.height:,} message rows): a full build is cheaper")
-    if (raw_msgs["op"] != "upsert").any():
-        raise Fallback("the delta deletes messages")
+    # Mail deleted at the provider: the delta's last row of its key is a delete.
+    deleted = (
+        latest_versions(raw_msgs.lazy(), MAIL_KEY)
+        .filter(pl.col("op") == "delete")
+        .select(MAIL_KEY)
+        .collect()
+    )
     # (Blocklist markers stay: each blocks its thread's records, below. A marker of mail
     # that is published is mail landed again, and changed: see the re-landings.)
     msgs = current_messages(raw_msgs.lazy()).collect()
     published = background.submit(
-        lookup.published_messages, _message_keys(msgs, "message_id", "message_key").to_series()
+        lookup.published_messages,
+        pl.concat([_mail_keys(msgs), _mail_keys(deleted)]).unique(),
     )
 
     def with_participants(msgs: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -432,9 +565,8 @@ def _build_delta(
         raise Fallback("the delta changes quarantined items")
     # Mail landed again (a label or read-state change re-fetches it): a no-op when what
     # was landed is the same, else only the full build can redo what it fed.
-    relanded = msgs.filter(
-        pl.concat_str(RELANDED_MAIL.key, separator=":").is_in(published.result().implode())
-    ).select(RELANDED_MAIL.key)
+    published_keys = published.result().implode()
+    relanded = msgs.filter(_mail_keys(msgs).is_in(published_keys)).select(MAIL_KEY)
     if relanded.height:
         if not unchanged(RELANDED_MAIL, known_files, new_files, relanded):
             raise Fallback("the delta changes published messages")
@@ -443,6 +575,14 @@ def _build_delta(
                 relanded, on=RELANDED_MAIL.key, how="anti", maintain_order="left"
             )
         )
+    # Deleted mail: taken back out of what it fed (see `removed_mail`). A delete of mail
+    # never landed (added and deleted between syncs) changes nothing; one of mail landed
+    # but hidden (a blocklist marker) may unblock a thread: the full build does that.
+    gone = deleted.filter(_mail_keys(deleted).is_in(published_keys))
+    unpublished = deleted.join(gone, on=MAIL_KEY, how="anti")
+    if unpublished.height and RELANDED_MAIL.landed(known_files, unpublished)[0].height:
+        raise Fallback("the delta deletes hidden mail")
+    removed = removed_mail(gone, known_files, frames, lookup)
     lap("load_delta")
 
     # --- 1. blocklist: a marker (blocked mail, landed without content) hides itself and
@@ -456,6 +596,10 @@ def _build_delta(
     if visible.height + int(msgs["blocked"].sum()) < msgs.height:
         raise Fallback("delta mail matches the blocklist")
     vparts = vparts.collect()
+    if removed.sources.height and (
+        mail_sources(visible, frames.accounts).join(removed.sources, on=SOURCE, how="semi").height
+    ):
+        raise Fallback("the delta adds a copy of mail it deletes")
     thread = ["account_id", "thread_id"]
     new_blocked_threads = blocked_threads.collect().join(
         previous.blocked_threads, on=thread, how="anti"
@@ -479,6 +623,9 @@ def _build_delta(
     delta_counts = name_counts(
         pl.concat([vparts.lazy().select(NAME_SOURCE), att.lazy().select(NAME_SOURCE)])
     ).collect()  # read several times below: computed once
+    if removed.parts.height:  # deleted mail's uses count down
+        taken = name_counts(removed.parts.lazy().select(NAME_SOURCE)).with_columns(n=-pl.col("n"))
+        delta_counts = name_counts(pl.concat([delta_counts.lazy(), taken])).collect()
     delta_keys = delta_counts.select("canonical_key")
 
     def counts_for(keys: pl.Series) -> pl.DataFrame:
@@ -486,7 +633,7 @@ def _build_delta(
         of = pl.col("canonical_key").is_in(keys.implode())
         kept = previous.name_counts.lazy().filter(of).with_columns(valid=pl.lit(True))
         new = delta_counts.lazy().filter(of).select("canonical_key", "email", "name", "n", "valid")
-        return name_counts(pl.concat([kept, new])).collect()
+        return name_counts(pl.concat([kept, new])).filter(pl.col("n") > 0).collect()
 
     # Only people the delta brings evidence for (or that absorbed a merge: their record
     # is redone from all their addresses) are rebuilt here; the rest keep their row.
@@ -527,6 +674,20 @@ def _build_delta(
             .agg(last_used_at=pl.max("last_used_at")),
         ]
     )
+    # Addresses whose last use was deleted mail: found again (ties included).
+    now = pl.col("last_used_at_right")
+    relast = (
+        removed.last_uses.drop_nulls("email")
+        .join(last_used, on="email", how="left")
+        .filter(now.is_null() | (pl.col("last_used_at") >= now))["email"]
+    )
+    if relast.len():
+        last_used = pl.concat(
+            [
+                last_used.filter(~pl.col("email").is_in(relast.implode())),
+                last_use_of(relast, _all_files(known_files, new_files), removed, visible, lookup),
+            ]
+        )
     # Companies, merges and links can change only for the rebuilt people and those who
     # share a company domain with them; everyone else keeps their row, link included.
     domain_info = domain_info_for(people, frames.extra_free_mail)
@@ -592,10 +753,18 @@ def _build_delta(
             ["canonical_key"],
             counts.join(delta_keys.unique(), on="canonical_key", how="semi"),
             previous.name_counts,
+            # keys whose every use was deleted
+            delta_keys.unique()
+            .join(counts, on="canonical_key", how="anti")
+            .join(previous.name_counts, on="canonical_key", how="semi")
+            .unique(),
         ),
         # last use changes only where the delta has rows
         "_rapport_last_used": changed_rows(
-            last_used, previous.last_used, ["email"], delta_last_used.select("email").unique()
+            last_used,
+            previous.last_used,
+            ["email"],
+            pl.concat([delta_last_used["email"], relast]).unique().to_frame("email"),
         ),
         "_rapport_person_keys": changed_rows(
             people_keys,
@@ -616,6 +785,17 @@ def _build_delta(
             name_parts, previous.name_parts, [name_parts.columns[0]]
         ),
     }
+    if removed.message_keys.len():  # deleted mail and every row it fed
+        message_keys = removed.message_keys.to_frame()
+        for table, gone_keys in (
+            ("messages", message_keys),
+            ("message_flags", message_keys),
+            ("interactions", removed.sources),
+            ("_rapport_contact_history", removed.sources),
+        ):
+            upsert[table] = Upsert(
+                gone_keys.columns, gone_keys.clear(), gone_keys.clear(), gone_keys
+            )
     sink.upsert(dict(upsert))
     rows, contact_rows = interaction_rows(
         visible,
@@ -632,7 +812,7 @@ def _build_delta(
         .select("canonical_key")
         .join(people_keys, on="canonical_key")
     )
-    history_rows = (
+    history_rows = removed.drop_rows(
         lookup.contact_history(promoted["canonical_key"])
         .join(promoted, on="canonical_key")
         .drop("canonical_key")
@@ -651,7 +831,10 @@ def _build_delta(
     # Every stored row of each source the delta or the clock touches: one scan serves
     # the repeat check below and the window counts of people and companies.
     around = around_rows.result().cast(INTERACTIONS_SCHEMA)
-    sources = pl.concat([merged["source_key"], around["source_key"]]).unique()
+    sources = pl.concat(
+        [merged["source_key"], around["source_key"], removed.sources["source_key"]]
+    ).unique()
+    around = removed.drop_rows(around)
     by_source_rows = background.submit(lookup.rows_with_sources, sources)
     # Meanwhile: the rows to append, and the record tables' changes.
     messages_out = messages_table(visible, vparts)
@@ -670,6 +853,9 @@ def _build_delta(
     deletes = {"_rapport_contact_history": promoted.select("canonical_key")}
     sink.append(dict(append), deletes)
     by_source = by_source_rows.result().cast(INTERACTIONS_SCHEMA)
+    # The stored rows of deleted mail; the rest is what stays.
+    removed_rows = by_source.join(removed.sources, on=SOURCE, how="semi")
+    by_source = removed.drop_rows(by_source)
     existing = by_source.join(merged.select(INTERACTION_KEY), on=INTERACTION_KEY, how="semi")
     if existing.height:
         cols = list(INTERACTIONS_SCHEMA)
@@ -707,7 +893,40 @@ def _build_delta(
         .group_by(pair)
         .agg(pl.col(SUM_COLUMNS).sum())
     )
-    upsert["_rapport_connection_sums"] = Upsert.over(pair, sums, previous.connection_sums)
+    # Pairs, people and companies that had rows of deleted mail: redone from all their
+    # rows that stay (decay sums can't be taken back out exactly in floating point).
+    hit_pairs = removed_rows.select(pair).unique()
+    hit_ids = {
+        "person_id": hit_pairs.select("person_id").unique(),
+        "company_id": removed_rows.select("company_id").drop_nulls().unique(),
+    }
+    gone_pairs = hit_pairs.clear()
+    redo_rows = {"person_id": by_source.clear(), "company_id": by_source.clear()}
+    if hit_pairs.height:
+        for key, ids in (
+            ("person_id", hit_pairs["person_id"]),
+            ("company_id", removed_rows["company_id"].drop_nulls()),
+        ):
+            stored = lookup.rows_of(key, ids.unique()).cast(INTERACTIONS_SCHEMA)
+            redo_rows[key] = pl.concat(
+                [
+                    removed.drop_rows(stored),
+                    delta_interactions.filter(pl.col(key).is_in(ids.implode())),
+                ]
+            )
+        redone_sums = person_connection_sums(
+            redo_rows["person_id"].join(hit_pairs, on=pair, how="semi").lazy(), as_of
+        ).collect()
+        sums = pl.concat(
+            [
+                sums.join(hit_pairs, on=pair, how="anti"),
+                redone_sums.select(sums.columns).cast(sums.schema),
+            ]
+        )
+        gone_pairs = hit_pairs.join(redone_sums, on=pair, how="anti")
+    upsert["_rapport_connection_sums"] = Upsert.over(
+        pair, sums, previous.connection_sums, gone_pairs
+    )
     sink.upsert({"_rapport_connection_sums": upsert["_rapport_connection_sums"]})
     sink.checkpoint()  # only the activity rows are still to come
     members = frames.members
@@ -717,14 +936,17 @@ def _build_delta(
 
     def updated(key: str, extra: pl.Series, ids: pl.DataFrame) -> pl.DataFrame:
         """New activity rows of the keys the delta or the clock touched (of `ids`)."""
+        # Those that had rows of deleted mail are redone whole, from the rows that stay.
+        hit = hit_ids[key].join(ids.select(key), on=key, how="semi")
         touched = (
             pl.concat([entering[key], around[key], extra])
             .drop_nulls()
             .unique()
             .to_frame(key)
             .join(ids.select(key), on=key, how="semi")  # not records merged away
+            .join(hit, on=key, how="anti")
         )
-        updated_keys[key] = touched.height
+        updated_keys[key] = touched.height + hit.height
         pairs = (
             pl.concat([entering.select(key, "source_key"), around.select(key, "source_key")])
             .drop_nulls()
@@ -749,7 +971,7 @@ def _build_delta(
             ]
         )
         prev_activity = previous.activity[key].join(touched, on=key, how="semi")
-        return activity_update(
+        rows = activity_update(
             key,
             touched,
             prev_activity,
@@ -760,17 +982,26 @@ def _build_delta(
             as_of,
             members,
         )
+        if hit.is_empty():
+            return rows
+        whole = (person_activity if key == "person_id" else company_activity)(
+            redo_rows[key].join(hit, on=key, how="semi").lazy(),
+            ids.join(hit, on=key, how="semi"),
+            as_of,
+            members,
+        ).collect()
+        return pl.concat([rows, whole.select(rows.columns).cast(rows.schema)])
 
-    person_activity = updated("person_id", new_people["person_id"], people)
-    company_activity = updated("company_id", new_companies["company_id"], companies)
+    person_rows = updated("person_id", new_people["person_id"], people)
+    company_rows = updated("company_id", new_companies["company_id"], companies)
     lap("metrics")
 
     activity = {
         "_rapport_person_activity": Upsert.over(
-            ["person_id"], person_activity, previous.activity["person_id"]
+            ["person_id"], person_rows, previous.activity["person_id"]
         ),
         "_rapport_company_activity": Upsert.over(
-            ["company_id"], company_activity, previous.activity["company_id"]
+            ["company_id"], company_rows, previous.activity["company_id"]
         ),
     }
     upsert |= activity
@@ -778,6 +1009,7 @@ def _build_delta(
     stats = {
         "delta_messages": visible.height,
         "relanded_unchanged": relanded.height + relanded_events.height,
+        "messages_deleted": removed.message_keys.len(),
         "threads_blocked": new_blocked_threads.height,
         "delta_events": events.height,
         "delta_interactions": delta_interactions.height,

@@ -383,10 +383,14 @@ def build(
 
 
 def last_used_by_address(visible: pl.LazyFrame, vparts: pl.LazyFrame) -> pl.LazyFrame:
-    """When each address last appeared on visible mail (linking prefers the latest)."""
+    """When each outside address last appeared on visible mail (linking prefers the
+    latest). Internal addresses are no one's record address, so they are not kept: a
+    member's own address is on most mail, and deleting mail would mean finding its last
+    use again among all of it."""
     key = message_key(visible, vparts)
     return (
-        vparts.select(*key, "email")
+        vparts.filter(~pl.col("internal"))
+        .select(*key, "email")
         .join(visible.select(*key, "sent_at"), on=key)
         .group_by("email")
         .agg(last_used_at=pl.max("sent_at"))

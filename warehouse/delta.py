@@ -174,6 +174,16 @@ class DuckLookup:
             exact = " AND source_key IN (SELECT id FROM lookup_ids)"  # (hashes can collide)
             return _utc(cur.sql(_INTERACTIONS_WHERE.format(where=where) + exact).pl())
 
+    def rows_of(self, column: str, ids: pl.Series) -> pl.DataFrame:
+        """Every interaction whose `column` (person_id or company_id) is one of `ids`."""
+        assert column in ("person_id", "company_id")
+        return self._where_in("SELECT * EXCLUDE (source_hash) FROM interactions", column, ids)
+
+    def messages_with_rfc(self, rfc_ids: pl.Series) -> pl.DataFrame:
+        """(message_key, account_id, rfc_message_id) of published mail with these ids."""
+        columns = "SELECT message_key, account_id, rfc_message_id FROM messages"
+        return self._where_in(columns, "rfc_message_id", rfc_ids)
+
     def meetings_after(self, after: datetime) -> pl.DataFrame:
         """(person_id, company_id, at) of every meeting after `after` (upcoming: few)."""
         sql = (

@@ -206,10 +206,66 @@ def test_blocked_mail_blocks_its_thread_and_stays_incremental(tmp_path):
     assert_equals_full_rebuild(home, AS_OF)
 
 
+def test_deleted_mail_is_taken_back_out_incrementally(tmp_path):
+    """Ann's only named mail (h2) and the mail to Ben (h1) are deleted at the provider,
+    one new mail to Ann arrives. Worked by hand: messages h3, h4, d1; Ann keeps her
+    record and name (records are durable) but her name is counted by no mail now; her
+    last use is d1; Ben's is gone with h1; Ben keeps his record with no interactions."""
+    box, home = sandbox_home(tmp_path)
+    box.land(ALICE, HISTORY)
+    box.land(BOB, [HISTORY[2]])  # Bob's copy of h3: another member's copy stays
+    publish(home, AS_OF)
+    box.delete(ALICE, "h1")
+    box.delete(ALICE, "h2")
+    box.delete(ALICE, "never-landed")  # added and deleted between two syncs: no-op
+    box.land(ALICE, [Mail("d1", ALICE, ["ann@globex.com"], at="2026-05-30T09:00:00")])
+    out = publish(home, AS_OF)
+    assert out.mode == "incremental", out.fallback_reason
+    assert (out.stats["messages_deleted"], out.stats["delta_messages"]) == (2, 1)
+    tables = snapshot(home.warehouse)
+    keys = sorted(k.split(":")[1] for k in tables["messages"]["message_key"])
+    assert keys == ["d1", "h3", "h3", "h4"]
+    counts = tables["_rapport_name_counts"].filter(pl.col("email") == "ann@globex.com")
+    assert counts.select("name", "n").rows() == [(None, 1)]  # d1 only
+    last = dict(tables["_rapport_last_used"].rows())
+    assert "ben@globex.com" not in last and last["ann@globex.com"].day == 30
+    people = dict(tables["people"].select("primary_email", "name").rows())
+    assert people["ann@globex.com"] == "Ann Lee" and "ben@globex.com" in people
+    ben = tables["people"].filter(pl.col("primary_email") == "ben@globex.com")["person_id"]
+    assert tables["interactions"].filter(pl.col("person_id").is_in(ben.implode())).is_empty()
+    assert_equals_full_rebuild(home, AS_OF)
+
+
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("second_copy", "deleted mail has another copy for its member"),
+        ("marker", "the delta deletes hidden mail"),
+    ],
+)
+def test_deletes_the_delta_path_leaves_to_the_full_build(tmp_path, case, reason):
+    """Alice holds h3 in two mailboxes (one interaction row per source): deleting one
+    copy would change the kept row. A deleted blocklist marker may unblock its thread."""
+    from flows.workspace import Account, account_id_for
+
+    box, home = sandbox_home(tmp_path)
+    home_mail = "alice@home-mail.io"
+    alice = box.ws.members[0].member_id
+    box.ws.accounts.append(Account(account_id_for("google", home_mail), alice, "google", home_mail))
+    home.save(box.ws)
+    box.land(ALICE, HISTORY)
+    box.land(home_mail, [HISTORY[2]])
+    box.land(ALICE, [Mail("b1", "spam@junk.io", [ALICE], thread="h1", blocked_marker=True)])
+    publish(home, AS_OF)
+    box.delete(ALICE, "h3" if case == "second_copy" else "b1")
+    out = publish(home, AS_OF)
+    assert (out.mode, out.fallback_reason) == ("full", reason)
+    assert_equals_full_rebuild(home, AS_OF)
+
+
 @pytest.mark.parametrize(
     "change, reason",
     [
-        ("delete", "the delta deletes messages"),
         ("relabel_sent", "the delta changes published messages"),
         ("renamed", "the delta changes published messages"),
         ("rsvp", "the delta changes published events"),
@@ -223,9 +279,7 @@ def test_what_the_delta_path_cannot_do_exactly_falls_back_to_a_full_build(tmp_pa
     box.land_event(BOB, "ev1", "2026-06-03T10:00:00", BOB, ["ann@globex.com"])
     publish(home, AS_OF)
     as_of = AS_OF
-    if change == "delete":
-        box.delete(ALICE, "h1")
-    elif change == "relabel_sent":  # SENT decides the direction: h4 becomes sent mail
+    if change == "relabel_sent":  # SENT decides the direction: h4 becomes sent mail
         box.land(ALICE, [replace(HISTORY[3], labels=["SENT"])])
     elif change == "renamed":  # the same mail with another display name for Ann
         box.land(ALICE, [replace(HISTORY[1], names={"ann@globex.com": "Ann B. Lee"})])
@@ -275,8 +329,8 @@ display_names = {
                 st.booleans(),  # sent by the owner?
                 st.lists(st.sampled_from(addresses), min_size=1, max_size=3),
                 st.integers(0, 72),  # hours after the previous as_of
-                # or land one again, or a blocklist marker in its thread
-                st.sampled_from(["new", "starred", "sent", "marker"]),
+                # or land one again, a blocklist marker in its thread, or delete it
+                st.sampled_from(["new", "starred", "sent", "marker", "delete"]),
             ),
             max_size=4,
         ),
@@ -295,6 +349,9 @@ def test_any_sequence_of_deltas_equals_a_full_build(deltas, step_days):
         landed = {ALICE: HISTORY[1]}  # each mailbox's last mail, to land again
         for delta, days in zip(deltas, step_days, strict=False):
             for owner, sent, others, hours, what in delta:
+                if what == "delete" and owner in landed:  # deleted at the provider
+                    box.delete(owner, landed.pop(owner).id)
+                    continue
                 if what == "marker" and owner in landed:  # blocked mail in that thread
                     n += 1
                     thread = landed[owner].thread or landed[owner].id
@@ -464,9 +521,7 @@ def test_a_gmail_label_change_synced_from_the_simulator_is_published_incremental
         assert_equals_full_rebuild(home, AS_OF)
 
 
-def test_an_outlook_read_state_change_synced_from_the_simulator_is_published_incrementally(
-    tmp_path,
-):
+def test_an_outlook_read_state_change_and_a_removal_are_published_incrementally(tmp_path):
     """End to end through msal and Graph delta: reading a mail in Outlook makes the next
     delta return it as updated, so the connector lands it again; the publish stays
     incremental and equals a full build."""
@@ -507,4 +562,13 @@ def test_an_outlook_read_state_change_synced_from_the_simulator_is_published_inc
         assert (mail.mode, mail.landed) == ("incremental", 1)
         assert out.mode == "incremental", out.fallback_reason
         assert (out.stats["relanded_unchanged"], out.stats["delta_messages"]) == (1, 0)
+        assert_equals_full_rebuild(home, AS_OF)
+        # Then she files it away (out of the Inbox: '@removed' in the delta): the mail
+        # leaves the warehouse, still incrementally.
+        box.delete_message(unread.id)
+        results, out = run_pipeline(home)
+        assert [r.deleted for r in results if r.stream == "outlook_mail"] == [1]
+        assert out.mode == "incremental", out.fallback_reason
+        assert out.stats["messages_deleted"] == 1
+        assert snapshot(home.warehouse)["messages"].height == 1
         assert_equals_full_rebuild(home, AS_OF)
