@@ -390,3 +390,24 @@ def reland_messages(
         counts["messages"] += rows.height
         counts["participants"] += parts.height
     return counts
+
+
+def land_deletes(
+    lake_dir: Path, accounts: dict[str, str], n: int, *, seed: int = 11
+) -> dict[str, int]:
+    """Deletes of `n` landed messages (spread over the accounts), one batch per account,
+    as a connector lands a provider's deletes. Returns rows per table."""
+    count = 0
+    for i, account_id in enumerate(accounts.values()):
+        share = n // len(accounts) + (i < n % len(accounts))
+        files = lake.glob(lake_dir, "messages", [account_id])
+        if not share or not files:
+            continue
+        ids = pl.read_parquet(files, columns=["message_id"])["message_id"].unique()
+        batch = lake.Batch(account_id)
+        for message_id in ids.sample(min(share, ids.len()), seed=seed).sort():
+            row = {"provider": "google", "stream": "gmail", "message_id": message_id}
+            batch.add("messages", {**row, "op": "delete", "blocked": False, "labels": []})
+        lake.flush(lake_dir, batch)
+        count += batch.count("messages")
+    return {"messages": count, "participants": 0}

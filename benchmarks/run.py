@@ -210,7 +210,8 @@ def worker_rebuild(
 
     if incremental:
         out["incremental"] = incremental_run(home, workdir, as_of, out["rebuild_s"])
-        out["relabel"] = incremental_run(home, workdir, as_of, out["rebuild_s"], relabel=True)
+        out["relabel"] = incremental_run(home, workdir, as_of, out["rebuild_s"], "relabel")
+        out["delete"] = incremental_run(home, workdir, as_of, out["rebuild_s"], "delete")
     if dlt_rows is not None:
         out["dlt"] = dlt_run(home.lake, workdir, *dlt_rows)
     out["final_peak_rss_gib"] = peak_rss_gib()
@@ -227,11 +228,12 @@ INCREMENTAL_RUNS = 3
 
 
 def incremental_run(
-    home: Any, workdir: Path, as_of: datetime, full_s: float, relabel: bool = False
+    home: Any, workdir: Path, as_of: datetime, full_s: float, kind: str = "new"
 ) -> dict[str, Any]:
     """Land 1,000 new messages, then the build+validate+publish a sync runs 15 min later.
-    With `relabel`: instead, land 1,000 published messages again with a new label (what a
-    label or read-state change makes a connector do).
+    Other kinds of delta instead: "relabel" lands 1,000 published messages again with a
+    new label (what a label or read-state change makes a connector do); "delete" lands
+    deletes of DELETED_MESSAGES published messages.
 
     Run INCREMENTAL_RUNS times, each on its own copy of the published home (warehouse,
     lake and state before the delta); the run with the median total is reported, with
@@ -244,7 +246,8 @@ def incremental_run(
         copy = Home(workdir / f"incremental-{i}")
         shutil.rmtree(copy.root, ignore_errors=True)
         shutil.copytree(home.root, copy.root)
-        land = _land_relabels(copy, workdir) if relabel else None
+        land = {"new": None, "relabel": _land_relabels, "delete": _land_deletes}[kind]
+        land = land(copy, workdir) if land else None
         os.sync()  # else the run's fsyncs would also flush the copy just made (ext4)
         runs.append(_one_incremental_run(copy, workdir, as_of, full_s, land))
         shutil.rmtree(copy.root, ignore_errors=True)
@@ -265,6 +268,22 @@ def _land_relabels(home: Any, workdir: Path) -> dict[str, int]:
     return reland_messages(
         home.lake, accounts, DELTA_MESSAGES, label="STARRED", now=end + timedelta(days=2)
     )
+
+
+# Mail deleted at the provider in one sync (a folder cleaned up): a delete figure.
+DELETED_MESSAGES = 100
+
+
+def _land_deletes(home: Any, workdir: Path) -> dict[str, int]:
+    """Deletes of DELETED_MESSAGES published messages, as a connector lands them
+    (untimed, like `_land_relabels`)."""
+    import pickle
+
+    from benchmarks.land import land_deletes
+
+    with open(workdir / "delta.pkl", "rb") as fh:
+        _, accounts = pickle.load(fh)
+    return land_deletes(home.lake, accounts, DELETED_MESSAGES)
 
 
 def _one_incremental_run(
@@ -862,16 +881,22 @@ def derive(results: dict[str, Any]) -> None:
                 + " / ".join(f"{t:.2f}" for t in inc.get("runs_total_s", [inc["total_s"]]))
                 + ")",
             )
-        rel = s.get("relabel")
-        if rel:  # no target: the run the old incremental path replaced with a full build
+        # No target: deltas the incremental path used to hand to a full build.
+        for kind, what, stat in (
+            ("relabel", "label changes", "relanded_unchanged"),
+            ("delete", "deleted messages", "messages_deleted"),
+        ):
+            rel = s.get(kind)
+            if not rel:
+                continue
             target(
-                f"{rel['delta_messages']:,} label changes over {s['messages']:,} (x full)",
+                f"{rel['delta_messages']:,} {what} over {s['messages']:,} (x full)",
                 round(rel["ratio"], 3),
                 "",
                 None,
                 f"{rel['total_s']:.2f}s vs {rel['full_rebuild_s']:.2f}s ({rel['mode']}"
                 + (f": {rel['fallback_reason']}" if rel.get("fallback_reason") else "")
-                + f"; {rel['stats'].get('relanded_unchanged', 0):,} landed again unchanged"
+                + f"; {stat} {rel['stats'].get(stat, 0):,}"
                 + "; median of "
                 + " / ".join(f"{t:.2f}" for t in rel["runs_total_s"])
                 + ")",
