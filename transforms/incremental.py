@@ -384,7 +384,14 @@ class Removed:
         """Interaction or contact rows without those of the deleted mail."""
         if self.sources.is_empty():
             return rows
-        return rows.join(self.sources, on=SOURCE, how="anti", nulls_equal=True)
+        # The few rows of those sources first (a set lookup), then the exact match on
+        # them only: an anti join on two strings over a big company's rows cost 0.35 s.
+        of_sources = pl.col("source_key").is_in(self.sources["source_key"].implode())
+        matched = rows.filter(of_sources)
+        if matched.is_empty():
+            return rows
+        kept = matched.join(self.sources, on=SOURCE, how="anti", nulls_equal=True)
+        return pl.concat([rows.filter(~of_sources), kept.select(rows.columns)])
 
 
 def _no_parts() -> pl.DataFrame:
