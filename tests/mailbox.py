@@ -318,6 +318,29 @@ def connect(home, sim, email: str, *, aliases: list[str] | None = None, name: st
     )
 
 
+def connect_microsoft(home, sim, email: str, *, tenant: str = "acme"):
+    """A Microsoft simulator user, registered as an account (as `connect` does for
+    Google). Returns the user's mailbox."""
+    from flows.cli import add_account
+
+    token = f"rt-{email.split('@')[0]}"
+    box = sim.add_user(
+        email, tenant=tenant, refresh_token=token, client_id=CLIENT_ID, client_secret=CLIENT_SECRET
+    )
+    add_account(
+        home,
+        provider="microsoft",
+        email=email,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        refresh_token=token,
+        tenant=tenant,
+        authority=sim.authority_url(tenant),
+        graph_endpoint=sim.graph_url,
+    )
+    return box
+
+
 def run_pipeline(home, as_of: datetime = AS_OF, validate: bool = True):
     """Everything sync_workspace does, without the Prefect wrapper (for fast property tests)."""
     from flows.engine import (

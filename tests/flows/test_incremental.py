@@ -528,33 +528,15 @@ def test_an_outlook_read_state_change_and_a_removal_are_published_incrementally(
     from dataclasses import replace as with_fields
 
     from connectors.simulators.microsoft import MicrosoftSimulator
-    from flows.cli import add_account
-    from tests.mailbox import CLIENT_ID, CLIENT_SECRET, run_pipeline, sim_mail
+    from tests.mailbox import connect_microsoft, run_pipeline, sim_mail
 
     carol = "carol@acme-team.io"
     with MicrosoftSimulator() as sim:
         home = Home(tmp_path / "data")
-        box = sim.add_user(
-            carol,
-            tenant="acme",
-            refresh_token="rt-carol",
-            client_id=CLIENT_ID,
-            client_secret=CLIENT_SECRET,
-        )
+        box = connect_microsoft(home, sim, carol)
         unread = sim_mail(1, "Ann Lee <ann@globex.com>", [carol], labels=["INBOX", "UNREAD"])
         box.add_message(unread)
         box.add_message(sim_mail(2, f"<{carol}>", ["ben@globex.com"], labels=["SENT"]))
-        add_account(
-            home,
-            provider="microsoft",
-            email=carol,
-            client_id=CLIENT_ID,
-            client_secret=CLIENT_SECRET,
-            refresh_token="rt-carol",
-            tenant="acme",
-            authority=sim.authority_url("acme"),
-            graph_endpoint=sim.graph_url,
-        )
         run_pipeline(home)
         box.add_message(with_fields(unread, label_ids=["INBOX"]))  # isRead: true
         results, out = run_pipeline(home)

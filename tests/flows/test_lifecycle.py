@@ -13,7 +13,7 @@ from connectors.simulators.google import GoogleSimulator
 from connectors.simulators.microsoft import MicrosoftSimulator
 from flows.cli import app
 from flows.workspace import Home
-from tests.mailbox import connect, run_pipeline, sim_mail
+from tests.mailbox import connect, connect_microsoft, run_pipeline, sim_mail
 
 ALICE, BOB = "alice@acme-team.io", "bob@acme-team.io"
 DATA = Path(__file__).parents[1] / "data"
@@ -175,9 +175,6 @@ def test_bad_cli_input_gets_one_line_and_a_nonzero_exit(tmp_path):
 
 
 def test_microsoft_disconnect_while_google_keeps_syncing(tmp_path):
-    from flows.cli import add_account
-    from tests.mailbox import CLIENT_ID, CLIENT_SECRET
-
     carol = "carol@acme-team.io"
     with GoogleSimulator() as gsim, MicrosoftSimulator() as msim:
         home = Home(tmp_path / "data")
@@ -185,25 +182,8 @@ def test_microsoft_disconnect_while_google_keeps_syncing(tmp_path):
         gsim.mailbox(ALICE).add_messages(
             [sim_mail(1, f"<{ALICE}>", ["x@globex.com"], labels=["SENT"])]
         )
-        box = msim.add_user(
-            carol,
-            tenant="acme",
-            refresh_token="rt-carol",
-            client_id=CLIENT_ID,
-            client_secret=CLIENT_SECRET,
-        )
+        box = connect_microsoft(home, msim, carol)
         box.add_message(sim_mail(2, f"<{carol}>", ["y@initech.com"], labels=["SENT"]))
-        add_account(
-            home,
-            provider="microsoft",
-            email=carol,
-            client_id=CLIENT_ID,
-            client_secret=CLIENT_SECRET,
-            refresh_token="rt-carol",
-            tenant="acme",
-            authority=msim.authority_url("acme"),
-            graph_endpoint=msim.graph_url,
-        )
         results, _ = run_pipeline(home)
         assert {(r.stream, r.status) for r in results} == {
             ("gmail", "ok"),
