@@ -37,6 +37,10 @@ ORDER BY m.emails_365d DESC, m.last_interaction_at DESC LIMIT 5""",
 }
 
 
+# Each later demo run stars this many of every Gmail member's latest messages.
+DEMO_STARRED = 5
+
+
 def refresh_token_for(email: str) -> str:
     return f"demo-refresh-{email.split('@')[0]}"
 
@@ -89,15 +93,27 @@ def run_demo(h: Home, *, messages: int, seed: int, console: Console) -> dict[str
         )
         google = GoogleSimulator.load_state(google_state)
         microsoft = _start_microsoft(ms_state, meta.get("microsoft_port"))
+        starred = deleted = 0
         for member in google_members:
-            google.mailbox(member.email).add_messages(to_sim_messages(delta, member.email))
+            gmail = google.mailbox(member.email)
+            # What users do between syncs besides receiving mail: star the latest few
+            # (Gmail re-sends them, unchanged but for a label) and delete an old one.
+            by_date = sorted(gmail.messages.values(), key=lambda m: (m.internal_date_ms, m.id))
+            for msg in by_date[-DEMO_STARRED:]:
+                if "STARRED" not in msg.label_ids:
+                    gmail.modify_labels(msg.id, add=["STARRED"])
+                    starred += 1
+            if len(by_date) > DEMO_STARRED:
+                gmail.delete_message(by_date[generation % (len(by_date) - DEMO_STARRED)].id)
+                deleted += 1
+            gmail.add_messages(to_sim_messages(delta, member.email))
         box = microsoft.mailbox(ms_member.email)
         for msg in to_sim_messages(delta, ms_member.email):
             box.add_message(msg)
         console.print(
             f"[bold]demo run {generation}[/]: {delta.messages.height} new messages "
-            "added to the simulators; syncing incrementally "
-            "(Gmail history.list, Graph deltaLinks, Calendar syncTokens)"
+            f"added to the simulators, {starred} starred and {deleted} deleted in Gmail; "
+            "syncing incrementally (Gmail history.list, Graph deltaLinks, Calendar syncTokens)"
         )
         data_until = until
     else:
