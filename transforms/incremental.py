@@ -35,7 +35,13 @@ import polars as pl
 
 from transforms.addresses import normalise_addresses
 from transforms.current import current_messages, current_participants, latest_versions
-from transforms.events import EVENTS_SCHEMA, attendee_candidates, current_events, events_table
+from transforms.events import (
+    EVENTS_SCHEMA,
+    attendee_candidates,
+    current_events,
+    event_source_key,
+    events_table,
+)
 from transforms.metrics import (
     INTERACTIONS_SCHEMA,
     SUM_COLUMNS,
@@ -321,6 +327,29 @@ class Landing:
         return all(a.equals(b) for a, b in zip(content(*was), content(*now), strict=True))
 
 
+def changed_items(
+    landing: Landing,
+    was: tuple[pl.DataFrame, pl.DataFrame],
+    now: tuple[pl.DataFrame, pl.DataFrame],
+) -> pl.DataFrame:
+    """The keys of the items whose two landings differ, by `Landing.same`'s rule, one
+    item at a time (each item's people, in order, compared as one text)."""
+    key = landing.key
+
+    def content(items: pl.DataFrame, people: pl.DataFrame) -> pl.DataFrame:
+        items = items.select(pl.exclude(landing.may_change), **landing.derived)
+        cols = [c for c in people.columns if c not in (*key, "version")]
+        text = pl.concat_str(
+            [pl.col(c).cast(pl.String).fill_null("\x00") for c in cols], separator="\x1f"
+        )
+        listed = people.group_by(key, maintain_order=True).agg(_people=text.str.join("\x1e"))
+        return items.select(sorted(items.columns)).join(listed, on=key, how="left")
+
+    before, after = content(*was), content(*now)
+    same = after.join(before, on=after.columns, how="semi", nulls_equal=True)
+    return after.join(same.select(key), on=key, how="anti").select(key)
+
+
 def _lake_account(path: str) -> str:
     """The account of a lake file (…/account_id=<id>/<batch>.parquet)."""
     return os.path.basename(os.path.dirname(path)).removeprefix("account_id=")
@@ -373,12 +402,33 @@ def mail_sources(msgs: pl.DataFrame, accounts: pl.DataFrame) -> pl.DataFrame:
 
 @dataclass
 class Removed:
-    """Published mail the delta deletes, and what it fed, to take back out."""
+    """Published mail and events the delta deletes (or changes: the version the last run
+    read goes), and what they fed, to take back out."""
 
     message_keys: pl.Series
-    parts: pl.DataFrame  # its participants, normalised as the build reads them
-    sources: pl.DataFrame  # (member_id, source_key): its interactions and contact rows
-    last_uses: pl.DataFrame  # (email, last_used_at) over it, as last_used_by_address
+    parts: pl.DataFrame  # NAME_SOURCE of their participants and attendees
+    sources: pl.DataFrame  # (member_id, source_key): their interactions and contact rows
+    last_uses: pl.DataFrame  # (email, last_used_at) over the mail, as last_used_by_address
+    event_keys: pl.Series = field(default_factory=lambda: pl.Series("event_key", [], pl.String))
+
+    @classmethod
+    def nothing(cls) -> Removed:
+        uses = {"email": pl.String, "last_used_at": pl.Datetime("us", "UTC")}
+        return cls(
+            pl.Series("message_key", [], pl.String),
+            _no_parts(),
+            pl.DataFrame(schema={"member_id": pl.String, "source_key": pl.String}),
+            pl.DataFrame(schema=uses),
+        )
+
+    def __add__(self, other: Removed) -> Removed:
+        return Removed(
+            pl.concat([self.message_keys, other.message_keys]),
+            pl.concat([self.parts, other.parts]),
+            pl.concat([self.sources, other.sources]).unique(),
+            pl.concat([self.last_uses, other.last_uses]),
+            pl.concat([self.event_keys, other.event_keys]),
+        )
 
     def drop_rows(self, rows: pl.DataFrame) -> pl.DataFrame:
         """Interaction or contact rows without those of the deleted mail."""
@@ -410,9 +460,7 @@ def removed_mail(
     row, so that is left to the full build.
     """
     if gone.is_empty():
-        nothing = pl.DataFrame(schema={"member_id": pl.String, "source_key": pl.String})
-        uses = pl.DataFrame(schema={"email": pl.String, "last_used_at": pl.Datetime("us", "UTC")})
-        return Removed(pl.Series("message_key", [], pl.String), _no_parts(), nothing, uses)
+        return Removed.nothing()
     msgs, raw_parts = RELANDED_MAIL.landed(known_files, gone)
     if msgs.height != gone.height:
         raise Fallback("deleted mail is missing from the lake")
@@ -434,7 +482,64 @@ def removed_mail(
         if mail_sources(copies, frames.accounts).join(sources, on=SOURCE, how="semi").height:
             raise Fallback("deleted mail has another copy for its member")
     uses = last_used_by_address(msgs.lazy(), parts.lazy()).collect()
-    return Removed(_mail_keys(msgs), parts, sources.unique(), uses)
+    return Removed(_mail_keys(msgs), parts.select(NAME_SOURCE), sources.unique(), uses)
+
+
+def removed_events(
+    gone: pl.DataFrame, known_files: dict[str, list[str]], frames: WorkspaceFrames
+) -> Removed:
+    """What the published events `gone` (account_id, event_id) fed, read back from the
+    lake files the published run read. A meeting's interactions are one per (member,
+    person, iCalUID and start): when another live event of the member could hold the same
+    meeting (a second calendar, a duplicate), that is left to the full build."""
+    if gone.is_empty():
+        return Removed.nothing()
+    events, raw_att = RELANDED_EVENTS.landed(known_files, gone)
+    if events.height != gone.height:
+        raise Fallback("a deleted or changed event is missing from the lake")
+    live = frames.accounts.filter(pl.col("status") != "removed")
+    members = events.join(live, on="account_id").select("member_id").unique()
+    if live.join(members, on="member_id").height > members.height:
+        raise Fallback("an event changes for a member with two calendars")
+    sources = events.select(
+        member_id=pl.col("account_id").replace_strict(
+            dict(zip(live["account_id"], live["member_id"], strict=True)), default=None
+        ),
+        source_key=event_source_key(),
+    )
+    accounts = events["account_id"].unique().to_list()
+    others = (
+        current_events(
+            scan_files(
+                [p for p in known_files.get("events", []) if _lake_account(p) in accounts], "events"
+            )
+        )
+        .collect()
+        .join(gone, on=RELANDED_EVENTS.key, how="anti")
+    )
+    if (
+        others.select(source_key=event_source_key())
+        .join(sources, on="source_key", how="semi")
+        .height
+    ):
+        raise Fallback("a deleted or changed event shares its meeting with another event")
+    internal_addresses, internal_domains = frames.internal
+    att = with_internal_flag(
+        current_participants(
+            raw_att.lazy().rename({"event_id": "message_id"}),
+            events.lazy().rename({"event_id": "message_id"}),
+        ),
+        internal_addresses,
+        internal_domains,
+    ).collect()
+    nothing = Removed.nothing()
+    return Removed(
+        nothing.message_keys,
+        att.select(NAME_SOURCE),
+        sources.unique(),
+        nothing.last_uses,
+        _message_keys(events, "event_id", "event_key").to_series(),
+    )
 
 
 def last_use_of(
@@ -546,27 +651,51 @@ def _build_delta(
 
     msgs, parts = with_participants(msgs)
 
-    raw_events = scan_files(new_files["events"], "events").select("op").collect()
-    if (raw_events["op"] != "upsert").any():
-        raise Fallback("the delta deletes events")
+    # Events deleted or cancelled at the provider: the delta's last row of their key.
+    event_key = RELANDED_EVENTS.key
+    deleted_events = (
+        latest_versions(scan_files(new_files["events"], "events"), event_key)
+        .filter((pl.col("op") == "delete") | (pl.col("status") == "cancelled"))
+        .select(event_key)
+        .collect()
+    )
     events, blocked_events, att = read_events(
         new_files["events"], new_files["attendees"], internal_addresses, internal_domains
     )
     # A blocked event's marker changes nothing, unless it hides a published event.
     if lookup.matching("events", _message_keys(blocked_events, "event_id", "event_key")).height:
         raise Fallback("the delta blocks published events")
-    # Events landed again (an RSVP, a description edit): the same rule as mail, below.
-    event_keys = _message_keys(events, "event_id", "event_key")
-    relanded_events = events.filter(
-        event_keys.to_series().is_in(lookup.matching("events", event_keys).to_series().implode())
-    ).select(RELANDED_EVENTS.key)
+    # Events landed again: unchanged in what Rapport keeps (a description edit) they are
+    # dropped; changed (moved, an RSVP) the published version goes, as a deleted one
+    # does, and the new one comes in as new.
+    published_events = lookup.matching(
+        "events",
+        pl.concat(
+            [
+                _message_keys(events, "event_id", "event_key"),
+                _message_keys(deleted_events, "event_id", "event_key"),
+            ]
+        ),
+    ).to_series()
+    is_published = pl.concat_str(event_key, separator=":").is_in(published_events.implode())
+    relanded_events = events.filter(is_published).select(event_key)
+    changed_events = relanded_events.clear()
     if relanded_events.height:
-        if not unchanged(RELANDED_EVENTS, known_files, new_files, relanded_events):
-            raise Fallback("the delta changes published events")
+        changed_events = changed_items(
+            RELANDED_EVENTS,
+            RELANDED_EVENTS.landed(known_files, relanded_events),
+            RELANDED_EVENTS.landed(new_files, relanded_events),
+        )
+        relanded_events = relanded_events.join(changed_events, on=event_key, how="anti")
         events, att = (
-            frame.join(relanded_events, on=RELANDED_EVENTS.key, how="anti", maintain_order="left")
+            frame.join(relanded_events, on=event_key, how="anti", maintain_order="left")
             for frame in (events, att)
         )
+    gone_events = deleted_events.filter(is_published)
+    hidden = deleted_events.join(gone_events, on=event_key, how="anti")
+    if hidden.height and RELANDED_EVENTS.landed(known_files, hidden)[0].height:
+        raise Fallback("the delta deletes hidden events")
+    removed_calendar = removed_events(pl.concat([gone_events, changed_events]), known_files, frames)
     quarantine = read_quarantine(new_files["quarantine"])
     if lookup.matching("quarantine", quarantine.select("account_id", "item_id")).height:
         raise Fallback("the delta changes quarantined items")
@@ -589,7 +718,7 @@ def _build_delta(
     unpublished = deleted.join(gone, on=MAIL_KEY, how="anti")
     if unpublished.height and RELANDED_MAIL.landed(known_files, unpublished)[0].height:
         raise Fallback("the delta deletes hidden mail")
-    removed = removed_mail(gone, known_files, frames, lookup)
+    removed = removed_mail(gone, known_files, frames, lookup) + removed_calendar
     lap("load_delta")
 
     # --- 1. blocklist: a marker (blocked mail, landed without content) hides itself and
@@ -792,11 +921,13 @@ def _build_delta(
             name_parts, previous.name_parts, [name_parts.columns[0]]
         ),
     }
-    if removed.message_keys.len():  # deleted mail and every row it fed
+    if removed.sources.height or removed.message_keys.len() or removed.event_keys.len():
+        # deleted mail and events, and every row they fed
         message_keys = removed.message_keys.to_frame()
         for table, gone_keys in (
             ("messages", message_keys),
             ("message_flags", message_keys),
+            ("events", removed.event_keys.to_frame()),
             ("interactions", removed.sources),
             ("_rapport_contact_history", removed.sources),
         ):
@@ -1017,6 +1148,7 @@ def _build_delta(
         "delta_messages": visible.height,
         "relanded_unchanged": relanded.height + relanded_events.height,
         "messages_deleted": removed.message_keys.len(),
+        "events_removed": removed.event_keys.len(),
         "threads_blocked": new_blocked_threads.height,
         "delta_events": events.height,
         "delta_interactions": delta_interactions.height,

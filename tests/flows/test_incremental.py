@@ -206,6 +206,74 @@ def test_blocked_mail_blocks_its_thread_and_stays_incremental(tmp_path):
     assert_equals_full_rebuild(home, AS_OF)
 
 
+def test_calendar_changes_are_published_incrementally(tmp_path):
+    """Bob moves ev1 (ahead: Ann's next meeting) two days on, cancels ev2 (past, with
+    Cat), Ann declines ev3, and ev4 is new. Moved, answered and cancelled meetings leave
+    with the version the last run read; the new versions come in as new. Worked by hand:
+    Ann's next meeting is ev1 on June 5, Cat has no meeting left, Dan (ev3) has none
+    counted (he declined), and the events table holds ev1 (moved), ev3 and ev4."""
+    box, home = sandbox_home(tmp_path)
+    box.land(ALICE, HISTORY)
+    box.land_event(BOB, "ev1", "2026-06-03T10:00:00", BOB, ["ann@globex.com"])
+    box.land_event(BOB, "ev2", "2026-05-20T10:00:00", BOB, ["cat@initech.co.uk"])
+    box.land_event(BOB, "ev3", "2026-05-25T10:00:00", BOB, ["dan@initech.co.uk"])
+    publish(home, AS_OF)
+    box.land_event(BOB, "ev1", "2026-06-05T10:00:00", BOB, ["ann@globex.com"])
+    box.land_event(
+        BOB, "ev2", "2026-05-20T10:00:00", BOB, ["cat@initech.co.uk"], status="cancelled"
+    )
+    box.land_event(
+        BOB,
+        "ev3",
+        "2026-05-25T10:00:00",
+        BOB,
+        ["dan@initech.co.uk"],
+        declined=("dan@initech.co.uk",),
+    )
+    box.land_event(BOB, "ev4", "2026-05-28T10:00:00", BOB, ["ann@globex.com"])
+    out = publish(home, AS_OF)
+    assert out.mode == "incremental", out.fallback_reason
+    assert (out.stats["events_removed"], out.stats["delta_events"]) == (3, 3)  # ev1-3 / 1,3,4
+    tables = snapshot(home.warehouse)
+    events = dict(tables["events"].select("event_key", "starts_at").rows())
+    assert sorted(k.split(":")[1] for k in events) == ["ev1", "ev3", "ev4"]
+    assert events[f"{box.account(BOB)}:ev1"].day == 5
+    meetings = tables["interactions"].filter(pl.col("kind") == "meeting")
+    assert sorted(meetings["at"].dt.day().to_list()) == [5, 28]  # ev1 (moved), ev4; no ev2/ev3
+    assert_equals_full_rebuild(home, AS_OF)
+
+
+@pytest.mark.parametrize("case", ["other_member", "duplicate"])
+def test_a_meeting_on_two_calendars_changes_in_one(tmp_path, case):
+    """The same meeting (one iCalUID) on Alice's and Bob's calendars, or twice on Bob's.
+    Bob cancels his copy: Alice's stays (incremental); a duplicate on Bob's own calendar
+    holds the same meeting, which the full build works out."""
+    box, home = sandbox_home(tmp_path)
+    box.land(ALICE, HISTORY)
+    owner = ALICE if case == "other_member" else BOB
+    box.land_event(owner, "evA", "2026-05-20T10:00:00", BOB, ["ann@globex.com"], ical_uid="m@x")
+    box.land_event(BOB, "evB", "2026-05-20T10:00:00", BOB, ["ann@globex.com"], ical_uid="m@x")
+    publish(home, AS_OF)
+    box.land_event(
+        BOB,
+        "evB",
+        "2026-05-20T10:00:00",
+        BOB,
+        ["ann@globex.com"],
+        ical_uid="m@x",
+        status="cancelled",
+    )
+    out = publish(home, AS_OF)
+    if case == "other_member":
+        assert out.mode == "incremental", out.fallback_reason
+        meetings = snapshot(home.warehouse)["interactions"].filter(pl.col("kind") == "meeting")
+        assert meetings["account_id"].to_list() == [box.account(ALICE)]
+    else:
+        reason = "a deleted or changed event shares its meeting with another event"
+        assert (out.mode, out.fallback_reason) == ("full", reason)
+    assert_equals_full_rebuild(home, AS_OF)
+
+
 def test_deleted_mail_is_taken_back_out_incrementally(tmp_path):
     """Ann's only named mail (h2) and the mail to Ben (h1) are deleted at the provider,
     one new mail to Ann arrives. Worked by hand: messages h3, h4, d1; Ann keeps her
@@ -268,7 +336,6 @@ def test_deletes_the_delta_path_leaves_to_the_full_build(tmp_path, case, reason)
     [
         ("relabel_sent", "the delta changes published messages"),
         ("renamed", "the delta changes published messages"),
-        ("rsvp", "the delta changes published events"),
         ("settings", "settings, accounts or blocklist changed"),
         ("earlier", "as_of is earlier than the published run's"),
     ],
@@ -283,10 +350,6 @@ def test_what_the_delta_path_cannot_do_exactly_falls_back_to_a_full_build(tmp_pa
         box.land(ALICE, [replace(HISTORY[3], labels=["SENT"])])
     elif change == "renamed":  # the same mail with another display name for Ann
         box.land(ALICE, [replace(HISTORY[1], names={"ann@globex.com": "Ann B. Lee"})])
-    elif change == "rsvp":  # Ann declines ev1: the same event landed with a new response
-        box.land_event(
-            BOB, "ev1", "2026-06-03T10:00:00", BOB, ["ann@globex.com"], declined=("ann@globex.com",)
-        )
     elif change == "settings":
         with home.editing() as ws:
             ws.extra_free_mail_domains.append("globex.com")
@@ -330,7 +393,9 @@ display_names = {
                 st.lists(st.sampled_from(addresses), min_size=1, max_size=3),
                 st.integers(0, 72),  # hours after the previous as_of
                 # or land one again, a blocklist marker in its thread, or delete it
-                st.sampled_from(["new", "starred", "sent", "marker", "delete"]),
+                st.sampled_from(
+                    ["new", "starred", "sent", "marker", "delete", "meet", "move", "cancel"]
+                ),
             ),
             max_size=4,
         ),
@@ -343,12 +408,36 @@ def test_any_sequence_of_deltas_equals_a_full_build(deltas, step_days):
     with tempfile.TemporaryDirectory() as d:
         box, home = sandbox_home(Path(d))
         box.land(ALICE, HISTORY)
+        # each calendar's last meeting, to move or cancel
+        meetings: dict[str, tuple[str, datetime, list[str]]] = {
+            ALICE: ("ea", AS_OF - timedelta(days=3), ["ann@globex.com", "cat@initech.co.uk"]),
+            BOB: ("eb", AS_OF + timedelta(days=2), ["ben@globex.com"]),
+        }
+        for owner, (event_id, start, guests) in meetings.items():
+            box.land_event(owner, event_id, f"{start:%Y-%m-%dT%H:%M:%S}", owner, guests)
         as_of = AS_OF
         publish(home, as_of)
         n = 0
         landed = {ALICE: HISTORY[1]}  # each mailbox's last mail, to land again
         for delta, days in zip(deltas, step_days, strict=False):
             for owner, sent, others, hours, what in delta:
+                start = as_of + timedelta(hours=hours - 48)
+                if what == "meet" or (what in ("move", "cancel") and owner not in meetings):
+                    n += 1
+                    meetings[owner] = (f"e{n}", start, others)
+                    box.land_event(owner, f"e{n}", f"{start:%Y-%m-%dT%H:%M:%S}", owner, others)
+                    continue
+                if what in ("move", "cancel"):  # moved a day on, or cancelled
+                    event_id, was, guests = meetings[owner]
+                    moved = was + timedelta(days=1)
+                    status = "cancelled" if what == "cancel" else "confirmed"
+                    when = f"{moved:%Y-%m-%dT%H:%M:%S}"
+                    box.land_event(owner, event_id, when, owner, guests, status=status)
+                    if what == "cancel":
+                        del meetings[owner]
+                    else:
+                        meetings[owner] = (event_id, moved, guests)
+                    continue
                 if what == "delete" and owner in landed:  # deleted at the provider
                     box.delete(owner, landed.pop(owner).id)
                     continue
