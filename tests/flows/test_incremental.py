@@ -643,3 +643,46 @@ def test_an_outlook_read_state_change_and_a_removal_are_published_incrementally(
         assert out.stats["messages_deleted"] == 1
         assert snapshot(home.warehouse)["messages"].height == 1
         assert_equals_full_rebuild(home, AS_OF)
+
+
+def test_calendar_changes_synced_from_the_simulator_are_published_incrementally(tmp_path):
+    """End to end through the Calendar API (syncToken deltas): Alice moves a meeting a
+    day on, cancels another, and cancels one week of a weekly series; the publish stays
+    incremental and equals a full build."""
+    from dataclasses import replace as with_fields
+
+    from connectors.simulators.gcalendar import calendar_store
+    from connectors.simulators.google import GoogleSimulator
+    from connectors.simulators.model import SimAttendee, SimEvent
+    from tests.mailbox import connect, run_pipeline
+
+    hour, day = 3_600_000, 86_400_000
+    t0 = int(datetime(2026, 5, 18, 10, tzinfo=UTC).timestamp() * 1000)
+
+    def meeting(eid: str, start: int, guest: str, **kw) -> SimEvent:
+        guests = [SimAttendee(ALICE, "Alice", "accepted", organizer=True), SimAttendee(guest)]
+        return SimEvent(
+            eid, f"{eid}@cal", f"Meeting {eid}", start, start + hour, ALICE, attendees=guests, **kw
+        )
+
+    with GoogleSimulator() as sim:
+        home = Home(tmp_path / "data")
+        connect(home, sim, ALICE)
+        cal = calendar_store(sim, ALICE)
+        moved = meeting("m1", t0 + 15 * day, "ann@globex.com")  # ahead of as_of
+        cal.add_event(moved)
+        cal.add_event(meeting("m2", t0, "cat@initech.co.uk"))
+        cal.add_event(meeting("s1", t0 + day, "ben@globex.com", rrule="FREQ=WEEKLY;COUNT=3"))
+        run_pipeline(home)
+        cal.update_event(
+            with_fields(moved, start_ms=moved.start_ms + day, end_ms=moved.end_ms + day)
+        )
+        cal.cancel_event("m2")
+        cal.cancel_occurrence("s1", t0 + 8 * day)
+        results, out = run_pipeline(home)
+        assert [r.mode for r in results if r.stream == "gcalendar"] == ["incremental"]
+        assert out.mode == "incremental", out.fallback_reason
+        assert out.stats["events_removed"] == 3  # m1 as it was, m2, the second week of s1
+        events = snapshot(home.warehouse)["events"]
+        assert events.height == 3  # m1 (moved), s1 weeks one and three
+        assert_equals_full_rebuild(home, AS_OF)
