@@ -311,29 +311,15 @@ class Landing:
         )
         return items, people
 
-    def same(
-        self, was: tuple[pl.DataFrame, pl.DataFrame], now: tuple[pl.DataFrame, pl.DataFrame]
-    ) -> bool:
-        """Whether two landings hold the same content: every column but those that may
-        change (and the same values derived from them), and the same people in the same
-        order (the order of `to_emails`)."""
-
-        def content(items: pl.DataFrame, people: pl.DataFrame) -> list[pl.DataFrame]:
-            return [
-                items.select(pl.exclude(self.may_change), **self.derived).sort(self.key),
-                people.drop("version").sort(self.key, maintain_order=True),
-            ]
-
-        return all(a.equals(b) for a, b in zip(content(*was), content(*now), strict=True))
-
 
 def changed_items(
     landing: Landing,
     was: tuple[pl.DataFrame, pl.DataFrame],
     now: tuple[pl.DataFrame, pl.DataFrame],
 ) -> pl.DataFrame:
-    """The keys of the items whose two landings differ, by `Landing.same`'s rule, one
-    item at a time (each item's people, in order, compared as one text)."""
+    """The keys of the items whose two landings differ: in a column but those that may
+    change (or a value derived from them), or in their people, in order (for mail the
+    order of `to_emails`). One item at a time: each item's people compared as one text."""
     key = landing.key
 
     def content(items: pl.DataFrame, people: pl.DataFrame) -> pl.DataFrame:
@@ -366,17 +352,6 @@ RELANDED_MAIL = Landing(
 RELANDED_EVENTS = Landing(
     "events", "attendees", "event_id", current_events, ("fetched_at", "version", "seq")
 )
-
-
-def unchanged(
-    landing: Landing,
-    known_files: dict[str, list[str]],
-    new_files: dict[str, list[str]],
-    keys: pl.DataFrame,
-) -> bool:
-    """Whether the items of `keys`, published from `known_files` and landed again in
-    `new_files`, hold the same content in both."""
-    return landing.same(landing.landed(known_files, keys), landing.landed(new_files, keys))
 
 
 MAIL_KEY = ["account_id", "message_id"]
@@ -703,13 +678,16 @@ def _build_delta(
     # was landed is the same, else only the full build can redo what it fed.
     published_keys = published.result().implode()
     relanded = msgs.filter(_mail_keys(msgs).is_in(published_keys)).select(MAIL_KEY)
-    if relanded.height:
-        if not unchanged(RELANDED_MAIL, known_files, new_files, relanded):
-            raise Fallback("the delta changes published messages")
+    changed_mail = relanded.clear()
+    if relanded.height:  # changed ones (SENT, a name): the old version goes, as deleted
+        changed_mail = changed_items(
+            RELANDED_MAIL,
+            RELANDED_MAIL.landed(known_files, relanded),
+            RELANDED_MAIL.landed(new_files, relanded),
+        )
+        relanded = relanded.join(changed_mail, on=MAIL_KEY, how="anti")
         msgs, parts = with_participants(
-            msgs.drop("_mid").join(
-                relanded, on=RELANDED_MAIL.key, how="anti", maintain_order="left"
-            )
+            msgs.drop("_mid").join(relanded, on=MAIL_KEY, how="anti", maintain_order="left")
         )
     # Deleted mail: taken back out of what it fed (see `removed_mail`). A delete of mail
     # never landed (added and deleted between syncs) changes nothing; one of mail landed
@@ -718,7 +696,8 @@ def _build_delta(
     unpublished = deleted.join(gone, on=MAIL_KEY, how="anti")
     if unpublished.height and RELANDED_MAIL.landed(known_files, unpublished)[0].height:
         raise Fallback("the delta deletes hidden mail")
-    removed = removed_mail(gone, known_files, frames, lookup) + removed_calendar
+    removed = removed_mail(pl.concat([gone, changed_mail]), known_files, frames, lookup)
+    removed += removed_calendar
     lap("load_delta")
 
     # --- 1. blocklist: a marker (blocked mail, landed without content) hides itself and
@@ -732,8 +711,10 @@ def _build_delta(
     if visible.height + int(msgs["blocked"].sum()) < msgs.height:
         raise Fallback("delta mail matches the blocklist")
     vparts = vparts.collect()
-    if removed.sources.height and (
-        mail_sources(visible, frames.accounts).join(removed.sources, on=SOURCE, how="semi").height
+    if removed.sources.height and (  # (a changed mail's new version is no copy)
+        mail_sources(visible.join(changed_mail, on=MAIL_KEY, how="anti"), frames.accounts)
+        .join(removed.sources, on=SOURCE, how="semi")
+        .height
     ):
         raise Fallback("the delta adds a copy of mail it deletes")
     thread = ["account_id", "thread_id"]
@@ -1147,7 +1128,8 @@ def _build_delta(
     stats = {
         "delta_messages": visible.height,
         "relanded_unchanged": relanded.height + relanded_events.height,
-        "messages_deleted": removed.message_keys.len(),
+        "messages_deleted": removed.message_keys.len() - changed_mail.height,
+        "messages_changed": changed_mail.height,
         "events_removed": removed.event_keys.len(),
         "threads_blocked": new_blocked_threads.height,
         "delta_events": events.height,
