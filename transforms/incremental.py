@@ -26,7 +26,7 @@ import json
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from importlib.metadata import version
 from typing import Protocol
@@ -47,6 +47,7 @@ from transforms.metrics import (
     SUM_COLUMNS,
     company_activity,
     dedupe_interactions,
+    member_of_account,
     person_activity,
     person_connection_sums,
     source_key,
@@ -56,6 +57,7 @@ from transforms.pipeline import (
     NAME_SOURCE,
     Laps,
     WorkspaceFrames,
+    attendees_of,
     domain_info_for,
     finish_records,
     interaction_rows,
@@ -285,6 +287,7 @@ class Landing:
     current: Callable[[pl.LazyFrame], pl.LazyFrame]  # the live version of each item
     may_change: tuple[str, ...]
     derived: dict[str, pl.Expr] = field(default_factory=dict)  # read from what may change
+    name: str = "items"  # in fallback reasons
 
     @property
     def key(self) -> list[str]:
@@ -348,10 +351,45 @@ RELANDED_MAIL = Landing(
     current_messages,
     ("fetched_at", "version", "seq", "labels"),
     {"sent": pl.col("labels").list.contains("SENT")},  # SENT decides the direction
+    name="mail",
 )
 RELANDED_EVENTS = Landing(
-    "events", "attendees", "event_id", current_events, ("fetched_at", "version", "seq")
+    "events",
+    "attendees",
+    "event_id",
+    current_events,
+    ("fetched_at", "version", "seq"),
+    name="events",
 )
+
+
+def sort_landings(
+    landing: Landing,
+    live: pl.DataFrame,
+    deleted: pl.DataFrame,
+    published: pl.Series,
+    known_files: dict[str, list[str]],
+    new_files: dict[str, list[str]],
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """-> (unchanged, changed, gone), keys of: the delta's `live` items landed again with
+    nothing Rapport keeps changed (dropped from the delta), those landed again changed
+    (their published version goes, the new one comes in as new), and the `deleted` ones
+    that are published (they go). `published`: the "<account>:<id>" keys the warehouse
+    holds among them. A delete of an item never landed (added and deleted between syncs)
+    changes nothing; one of an item landed but hidden (a blocklist marker) may unblock
+    a thread, which is left to the full build."""
+    key = landing.key
+    is_published = pl.concat_str(key, separator=":").is_in(published.implode())
+    relanded = live.filter(is_published)
+    changed = relanded.clear()
+    if relanded.height:
+        was, now = landing.landed(known_files, relanded), landing.landed(new_files, relanded)
+        changed = changed_items(landing, was, now)
+    gone = deleted.filter(is_published)
+    hidden = deleted.join(gone, on=key, how="anti")
+    if hidden.height and landing.landed(known_files, hidden)[0].height:
+        raise Fallback(f"the delta deletes hidden {landing.name}")
+    return relanded.join(changed, on=key, how="anti"), changed, gone
 
 
 MAIL_KEY = ["account_id", "message_id"]
@@ -359,7 +397,7 @@ SOURCE = ["member_id", "source_key"]
 
 
 def _mail_keys(frame: pl.DataFrame) -> pl.Series:
-    return frame.select(pl.concat_str(MAIL_KEY, separator=":").alias("message_key")).to_series()
+    return _message_keys(frame, "message_id", "message_key").to_series()
 
 
 def _all_files(*sets: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -368,11 +406,7 @@ def _all_files(*sets: dict[str, list[str]]) -> dict[str, list[str]]:
 
 def mail_sources(msgs: pl.DataFrame, accounts: pl.DataFrame) -> pl.DataFrame:
     """(member_id, source_key) of each mail: whose interactions and contact rows it feeds."""
-    members = dict(zip(accounts["account_id"], accounts["member_id"], strict=True))
-    return msgs.select(
-        member_id=pl.col("account_id").replace_strict(members, default=None),
-        source_key=source_key(),
-    )
+    return msgs.select(member_id=member_of_account(accounts), source_key=source_key())
 
 
 @dataclass
@@ -406,7 +440,7 @@ class Removed:
         )
 
     def drop_rows(self, rows: pl.DataFrame) -> pl.DataFrame:
-        """Interaction or contact rows without those of the deleted mail."""
+        """Interaction or contact rows without those of the removed mail and events."""
         if self.sources.is_empty():
             return rows
         # The few rows of those sources first (a set lookup), then the exact match on
@@ -476,12 +510,7 @@ def removed_events(
     members = events.join(live, on="account_id").select("member_id").unique()
     if live.join(members, on="member_id").height > members.height:
         raise Fallback("an event changes for a member with two calendars")
-    sources = events.select(
-        member_id=pl.col("account_id").replace_strict(
-            dict(zip(live["account_id"], live["member_id"], strict=True)), default=None
-        ),
-        source_key=event_source_key(),
-    )
+    sources = events.select(member_id=member_of_account(live), source_key=event_source_key())
     accounts = events["account_id"].unique().to_list()
     others = (
         current_events(
@@ -498,22 +527,12 @@ def removed_events(
         .height
     ):
         raise Fallback("a deleted or changed event shares its meeting with another event")
-    internal_addresses, internal_domains = frames.internal
-    att = with_internal_flag(
-        current_participants(
-            raw_att.lazy().rename({"event_id": "message_id"}),
-            events.lazy().rename({"event_id": "message_id"}),
-        ),
-        internal_addresses,
-        internal_domains,
-    ).collect()
-    nothing = Removed.nothing()
-    return Removed(
-        nothing.message_keys,
-        att.select(NAME_SOURCE),
-        sources.unique(),
-        nothing.last_uses,
-        _message_keys(events, "event_id", "event_key").to_series(),
+    att = attendees_of(raw_att.lazy(), events.lazy(), *frames.internal).collect()
+    return replace(
+        Removed.nothing(),
+        parts=att.select(NAME_SOURCE),
+        sources=sources.unique(),
+        event_keys=_message_keys(events, "event_id", "event_key").to_series(),
     )
 
 
@@ -641,8 +660,7 @@ def _build_delta(
     if lookup.matching("events", _message_keys(blocked_events, "event_id", "event_key")).height:
         raise Fallback("the delta blocks published events")
     # Events landed again: unchanged in what Rapport keeps (a description edit) they are
-    # dropped; changed (moved, an RSVP) the published version goes, as a deleted one
-    # does, and the new one comes in as new.
+    # dropped; changed (moved, an RSVP) or deleted, their published version goes.
     published_events = lookup.matching(
         "events",
         pl.concat(
@@ -652,50 +670,36 @@ def _build_delta(
             ]
         ),
     ).to_series()
-    is_published = pl.concat_str(event_key, separator=":").is_in(published_events.implode())
-    relanded_events = events.filter(is_published).select(event_key)
-    changed_events = relanded_events.clear()
+    relanded_events, changed_events, gone_events = sort_landings(
+        RELANDED_EVENTS,
+        events.select(event_key),
+        deleted_events,
+        published_events,
+        known_files,
+        new_files,
+    )
     if relanded_events.height:
-        changed_events = changed_items(
-            RELANDED_EVENTS,
-            RELANDED_EVENTS.landed(known_files, relanded_events),
-            RELANDED_EVENTS.landed(new_files, relanded_events),
-        )
-        relanded_events = relanded_events.join(changed_events, on=event_key, how="anti")
         events, att = (
             frame.join(relanded_events, on=event_key, how="anti", maintain_order="left")
             for frame in (events, att)
         )
-    gone_events = deleted_events.filter(is_published)
-    hidden = deleted_events.join(gone_events, on=event_key, how="anti")
-    if hidden.height and RELANDED_EVENTS.landed(known_files, hidden)[0].height:
-        raise Fallback("the delta deletes hidden events")
     removed_calendar = removed_events(pl.concat([gone_events, changed_events]), known_files, frames)
     quarantine = read_quarantine(new_files["quarantine"])
     if lookup.matching("quarantine", quarantine.select("account_id", "item_id")).height:
         raise Fallback("the delta changes quarantined items")
-    # Mail landed again (a label or read-state change re-fetches it): a no-op when what
-    # was landed is the same, else only the full build can redo what it fed.
-    published_keys = published.result().implode()
-    relanded = msgs.filter(_mail_keys(msgs).is_in(published_keys)).select(MAIL_KEY)
-    changed_mail = relanded.clear()
-    if relanded.height:  # changed ones (SENT, a name): the old version goes, as deleted
-        changed_mail = changed_items(
-            RELANDED_MAIL,
-            RELANDED_MAIL.landed(known_files, relanded),
-            RELANDED_MAIL.landed(new_files, relanded),
-        )
-        relanded = relanded.join(changed_mail, on=MAIL_KEY, how="anti")
+    # Mail landed again (a label or read-state change re-fetches it) or deleted: as events.
+    relanded, changed_mail, gone = sort_landings(
+        RELANDED_MAIL,
+        msgs.select(MAIL_KEY),
+        deleted,
+        published.result(),
+        known_files,
+        new_files,
+    )
+    if relanded.height:
         msgs, parts = with_participants(
             msgs.drop("_mid").join(relanded, on=MAIL_KEY, how="anti", maintain_order="left")
         )
-    # Deleted mail: taken back out of what it fed (see `removed_mail`). A delete of mail
-    # never landed (added and deleted between syncs) changes nothing; one of mail landed
-    # but hidden (a blocklist marker) may unblock a thread: the full build does that.
-    gone = deleted.filter(_mail_keys(deleted).is_in(published_keys))
-    unpublished = deleted.join(gone, on=MAIL_KEY, how="anti")
-    if unpublished.height and RELANDED_MAIL.landed(known_files, unpublished)[0].height:
-        raise Fallback("the delta deletes hidden mail")
     removed = removed_mail(pl.concat([gone, changed_mail]), known_files, frames, lookup)
     removed += removed_calendar
     lap("load_delta")

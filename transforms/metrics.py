@@ -103,16 +103,21 @@ def message_facts(messages: pl.LazyFrame, accounts: pl.DataFrame, key: list[str]
     """What a mail interaction takes from its message: member, account, kind, time and
     source, worked out once per message (not per row); mail of an account no member
     holds drops out."""
-    members = dict(zip(accounts["account_id"], accounts["member_id"], strict=True))
     return messages.select(
         *dict.fromkeys([*key, "account_id"]),
-        member_id=pl.col("account_id").replace_strict(members, default=None),
+        member_id=member_of_account(accounts),
         kind=pl.when(pl.col("direction") == "sent")
         .then(pl.lit("email_sent"))
         .otherwise(pl.lit("email_received")),
         at="sent_at",
         source_key=source_key(),
     ).filter(pl.col("member_id").is_not_null())
+
+
+def member_of_account(accounts: pl.DataFrame) -> pl.Expr:
+    """The member holding each row's `account_id` (null for an account not in `accounts`)."""
+    members = dict(zip(accounts["account_id"], accounts["member_id"], strict=True))
+    return pl.col("account_id").replace_strict(members, default=None)
 
 
 def _mail_participants(participants: pl.LazyFrame, person_keys: pl.LazyFrame) -> pl.LazyFrame:

@@ -205,21 +205,34 @@ def read_events(
         events = current_events(scan_files([], "events")).collect()
         return events, events, pl.DataFrame(schema=ATTENDEES_SCHEMA)
     raw_events = current_events(scan_files(event_files, "events")).collect()
-    att = current_participants(
-        scan_files(attendee_files, "attendees").rename({"event_id": "message_id"}),
-        raw_events.lazy().rename({"event_id": "message_id"}),
-    )
-    att = (
-        with_internal_flag(att, internal_addresses, internal_domains)
-        .rename({"message_id": "event_id"})
-        .collect()
-    )
+    att = attendees_of(
+        scan_files(attendee_files, "attendees"),
+        raw_events.lazy(),
+        internal_addresses,
+        internal_domains,
+    ).collect()
     blocked_events = raw_events.filter(pl.col("blocked"))
     events = raw_events.filter(~pl.col("blocked"))
     att = att.join(
         blocked_events.select("account_id", "event_id"), on=["account_id", "event_id"], how="anti"
     )
     return events, blocked_events, att
+
+
+def attendees_of(
+    attendees: pl.LazyFrame,
+    events: pl.LazyFrame,
+    internal_addresses: list[str],
+    internal_domains: list[str],
+) -> pl.LazyFrame:
+    """The attendees of exactly these versions of the events, normalised and flagged
+    (participants of mail are read the same way)."""
+    att = current_participants(
+        attendees.rename({"event_id": "message_id"}), events.rename({"event_id": "message_id"})
+    )
+    return with_internal_flag(att, internal_addresses, internal_domains).rename(
+        {"message_id": "event_id"}
+    )
 
 
 def read_quarantine(files: list[str]) -> pl.DataFrame:
