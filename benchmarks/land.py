@@ -354,6 +354,13 @@ def land_workspace(
     return counts
 
 
+def _shares(accounts: dict[str, str], n: int) -> list[tuple[str, int]]:
+    """(account_id, how many of `n`) for each account with a share: `n` spread evenly."""
+    ids = list(accounts.values())
+    shares = [(a, n // len(ids) + (i < n % len(ids))) for i, a in enumerate(ids)]
+    return [(a, k) for a, k in shares if k]
+
+
 def reland_messages(
     lake_dir: Path, accounts: dict[str, str], n: int, *, label: str, now: datetime, seed: int = 7
 ) -> dict[str, int]:
@@ -361,10 +368,9 @@ def reland_messages(
     a label or the read state changes at the provider: same content and participants, a
     new version and fetch time. Returns rows per table."""
     counts = {"messages": 0, "participants": 0}
-    for i, account_id in enumerate(accounts.values()):
+    for account_id, share in _shares(accounts, n):
         msgs = pl.read_parquet(lake.glob(lake_dir, "messages", [account_id]))
-        share = n // len(accounts) + (i < n % len(accounts))
-        if msgs.is_empty() or not share:
+        if msgs.is_empty():
             continue
         msgs = msgs.sample(min(share, msgs.height), seed=seed)
         version = lake.new_version()
@@ -398,10 +404,9 @@ def land_deletes(
     """Deletes of `n` landed messages (spread over the accounts), one batch per account,
     as a connector lands a provider's deletes. Returns rows per table."""
     count = 0
-    for i, account_id in enumerate(accounts.values()):
-        share = n // len(accounts) + (i < n % len(accounts))
+    for account_id, share in _shares(accounts, n):
         files = lake.glob(lake_dir, "messages", [account_id])
-        if not share or not files:
+        if not files:
             continue
         ids = pl.read_parquet(files, columns=["message_id"])["message_id"].unique()
         batch = lake.Batch(account_id)

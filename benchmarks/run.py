@@ -255,15 +255,20 @@ def incremental_run(
     return {**median, "runs_total_s": [round(r["total_s"], 4) for r in runs]}
 
 
+def _stashed_delta(workdir: Path) -> tuple[Any, dict[str, str]]:
+    """The delta and the mailbox -> account map `worker_prepare` stashed."""
+    import pickle
+
+    with open(workdir / "delta.pkl", "rb") as fh:
+        return pickle.load(fh)
+
+
 def _land_relabels(home: Any, workdir: Path) -> dict[str, int]:
     """Re-land DELTA_MESSAGES published messages with a STARRED label (untimed: picking
     them reads the lake, which a connector does not)."""
-    import pickle
-
     from benchmarks.land import reland_messages
 
-    with open(workdir / "delta.pkl", "rb") as fh:
-        _, accounts = pickle.load(fh)
+    _, accounts = _stashed_delta(workdir)
     end, _, _ = _dates()
     return reland_messages(
         home.lake, accounts, DELTA_MESSAGES, label="STARRED", now=end + timedelta(days=2)
@@ -277,24 +282,18 @@ DELETED_MESSAGES = 100
 def _land_deletes(home: Any, workdir: Path) -> dict[str, int]:
     """Deletes of DELETED_MESSAGES published messages, as a connector lands them
     (untimed, like `_land_relabels`)."""
-    import pickle
-
     from benchmarks.land import land_deletes
 
-    with open(workdir / "delta.pkl", "rb") as fh:
-        _, accounts = pickle.load(fh)
+    _, accounts = _stashed_delta(workdir)
     return land_deletes(home.lake, accounts, DELETED_MESSAGES)
 
 
 def _one_incremental_run(
     home: Any, workdir: Path, as_of: datetime, full_s: float, landed: dict[str, int] | None
 ) -> dict[str, Any]:
-    import pickle
-
     from benchmarks.land import land_workspace
 
-    with open(workdir / "delta.pkl", "rb") as fh:
-        delta, accounts = pickle.load(fh)
+    delta, accounts = _stashed_delta(workdir)
     end, _, _ = _dates()
     t0 = time.perf_counter()
     counts = landed or land_workspace(delta, home.lake, accounts, now=end + timedelta(days=2))
