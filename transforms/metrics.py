@@ -348,13 +348,16 @@ def activity_metrics(
             meetings_90d=src.filter(is_meeting & within(90)).n_unique().cast(pl.Int64),
         )
     )
+    return with_member_email(base, member_emails).select(key, *ACTIVITY_COLUMNS)
+
+
+def with_member_email(activity: pl.LazyFrame, member_emails: pl.DataFrame) -> pl.LazyFrame:
+    """last_interaction_member_id replaced by the member's address."""
     emails = member_emails.lazy().select(
         last_interaction_member_id="member_id", last_interaction_member="email"
     )
-    return (
-        base.join(emails, on="last_interaction_member_id", how="left")
-        .drop("last_interaction_member_id")
-        .select(key, *ACTIVITY_COLUMNS)
+    return activity.join(emails, on="last_interaction_member_id", how="left").drop(
+        "last_interaction_member_id"
     )
 
 

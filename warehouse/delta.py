@@ -16,15 +16,23 @@ import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
+from string import Template
 
 import duckdb
 import polars as pl
 
 from connectors.lake import fsync_path
 from transforms.incremental import PREVIOUS_TABLES, Previous, Upsert
-from warehouse.publish import arrow_view, insert_frame, swap_file
+from warehouse.publish import arrow_view, insert_frame, score_constants, sql_text, swap_file
+
+
+def _sql(name: str, **names: str) -> str:
+    """A query of sql/ with the score constants (and `names`) filled in; its $parameters
+    are left for DuckDB."""
+    return Template(sql_text(name)).safe_substitute(score_constants(), **names)
+
 
 STATE_TABLES = (
     "_rapport_build",
@@ -174,10 +182,43 @@ class DuckLookup:
             exact = " AND source_key IN (SELECT id FROM lookup_ids)"  # (hashes can collide)
             return _utc(cur.sql(_INTERACTIONS_WHERE.format(where=where) + exact).pl())
 
-    def rows_of(self, column: str, ids: pl.Series) -> pl.DataFrame:
-        """Every interaction whose `column` (person_id or company_id) is one of `ids`."""
-        assert column in ("person_id", "company_id")
-        return self._where_in("SELECT * EXCLUDE (source_hash) FROM interactions", column, ids)
+    def activity_of(
+        self,
+        key: str,
+        ids: pl.Series,
+        dropped: pl.DataFrame,
+        added: pl.DataFrame,
+        as_of: datetime,
+    ) -> pl.DataFrame:
+        """Activity of `ids` (people or companies) over their stored interactions without
+        the rows of `dropped` (member_id, source_key), plus `added` rows: the columns of
+        transforms.metrics.activity_metrics with last_interaction_member_id (sql/
+        activity_of.sql). Computed here, next to the rows: a busy contact has many."""
+        assert key in ("person_id", "company_id")
+        params: dict[str, object] = {"as_of": as_of}
+        params |= {f"lo_{days}": as_of - timedelta(days=days) for days in (30, 90, 365)}
+        frames = {"redo_ids": pl.DataFrame({"id": ids}), "dropped_frame": dropped}
+        return self._redo(_sql("activity_of.sql", KEY=key), frames, added, params)
+
+    def sums_of(
+        self, pairs: pl.DataFrame, dropped: pl.DataFrame, added: pl.DataFrame, as_of: datetime
+    ) -> pl.DataFrame:
+        """Decay sums of (member_id, person_id) `pairs` as activity_of counts their rows
+        (sql/sums_of.sql); pairs with no row up to as_of are left out."""
+        frames = {"redo_pairs": pairs, "dropped_frame": dropped}
+        return self._redo(_sql("sums_of.sql"), frames, added, {"as_of": as_of})
+
+    def _redo(
+        self,
+        sql: str,
+        frames: dict[str, pl.DataFrame],
+        added: pl.DataFrame,
+        params: dict[str, object],
+    ) -> pl.DataFrame:
+        with self._cursor() as cur:
+            for name, frame in {**frames, "added_rows": added}.items():
+                cur.register(name, arrow_view(frame))
+            return _utc(cur.sql(sql, params=params).pl())
 
     def messages_with_rfc(self, rfc_ids: pl.Series) -> pl.DataFrame:
         """(message_key, account_id, rfc_message_id) of published mail with these ids."""

@@ -29,13 +29,10 @@ def sql_text(name: str) -> str:
     return resources.files("warehouse").joinpath("sql", name).read_text()
 
 
-def scores_sql() -> str:
-    """sql/scores.sql with the score formula's constants taken from transforms.metrics."""
-    from string import Template
-
+def score_constants() -> dict[str, str]:
+    """The score formula's constants of transforms.metrics, as SQL literals."""
     from transforms import metrics as m
 
-    band = "CASE " + " ".join(f"WHEN score < {limit!r} THEN '{label}'" for limit, label in m.BANDS)
     values = {
         "HALF_LIFE_FAST_DAYS": m.HALF_LIFE_FAST_DAYS,
         "HALF_LIFE_SLOW_DAYS": m.HALF_LIFE_SLOW_DAYS,
@@ -46,11 +43,19 @@ def scores_sql() -> str:
         "W_MEETING": m.W_MEETING,
         "EPOCH_US": int(m.SCORE_EPOCH.timestamp()) * 1_000_000,
     }
-    text = Template(sql_text("scores.sql")).substitute(
-        {k: repr(float(v)) if isinstance(v, float) else str(v) for k, v in values.items()},
-        BAND=f"{band} ELSE '{m.STRENGTHS[-1]}' END",
+    return {k: repr(float(v)) if isinstance(v, float) else str(v) for k, v in values.items()}
+
+
+def scores_sql() -> str:
+    """sql/scores.sql with the score formula's constants taken from transforms.metrics."""
+    from string import Template
+
+    from transforms import metrics as m
+
+    band = "CASE " + " ".join(f"WHEN score < {limit!r} THEN '{label}'" for limit, label in m.BANDS)
+    return Template(sql_text("scores.sql")).substitute(
+        score_constants(), BAND=f"{band} ELSE '{m.STRENGTHS[-1]}' END"
     )
-    return text
 
 
 def view_sql() -> list[str]:
