@@ -416,3 +416,47 @@ def land_deletes(
         lake.flush(lake_dir, batch)
         count += batch.count("messages")
     return {"messages": count, "participants": 0}
+
+
+def change_events(
+    lake_dir: Path, accounts: dict[str, str], n: int, *, now: datetime, seed: int = 13
+) -> dict[str, int]:
+    """Change `n` landed meetings (spread over the accounts), as a calendar sync lands
+    them: every other one moved a day later (landed again, attendees included), the
+    rest cancelled (a delete). Returns rows per table."""
+    counts = {"events": 0, "attendees": 0}
+    key = ["account_id", "event_id", "version"]
+    for account_id, share in _shares(accounts, n):
+        files = lake.glob(lake_dir, "events", [account_id])
+        if not files:
+            continue
+        events = (
+            pl.read_parquet(files)
+            .sort("version", "seq")
+            .unique(["event_id"], keep="last")
+            .filter((pl.col("op") == "upsert") & (pl.col("status") == "confirmed"))
+        )
+        events = events.sample(min(share, events.height), seed=seed).sort("event_id")
+        attendees = pl.read_parquet(lake.glob(lake_dir, "attendees", [account_id])).join(
+            events.select(key), on=key, how="semi", maintain_order="left"
+        )
+        batch = lake.Batch(account_id, fetched_at=now)
+        day = timedelta(days=1)
+        for i, event in enumerate(events.iter_rows(named=True)):
+            ids = ("provider", "stream", "event_id", "ical_uid", "recurring_event_id")
+            row = {c: event[c] for c in ids}
+            if i % 2:
+                batch.add("events", {**row, "op": "delete", "status": "cancelled"})
+                continue
+            kept = {c: event[c] for c in ("op", "status", "title", "all_day")}
+            moved = {"starts_at": event["starts_at"] + day, "ends_at": event["ends_at"] + day}
+            batch.add("events", {**row, **kept, **moved})
+            of_event = attendees.filter(
+                (pl.col("event_id") == event["event_id"]) & (pl.col("version") == event["version"])
+            )
+            for person in of_event.drop("account_id", "event_id", "version").iter_rows(named=True):
+                batch.add("attendees", {"event_id": event["event_id"], **person})
+        written = lake.flush(lake_dir, batch)
+        for table in counts:
+            counts[table] += written.get(table, 0)
+    return counts

@@ -212,6 +212,7 @@ def worker_rebuild(
         out["incremental"] = incremental_run(home, workdir, as_of, out["rebuild_s"])
         out["relabel"] = incremental_run(home, workdir, as_of, out["rebuild_s"], "relabel")
         out["delete"] = incremental_run(home, workdir, as_of, out["rebuild_s"], "delete")
+        out["events"] = incremental_run(home, workdir, as_of, out["rebuild_s"], "events")
     if dlt_rows is not None:
         out["dlt"] = dlt_run(home.lake, workdir, *dlt_rows)
     out["final_peak_rss_gib"] = peak_rss_gib()
@@ -233,7 +234,8 @@ def incremental_run(
     """Land 1,000 new messages, then the build+validate+publish a sync runs 15 min later.
     Other kinds of delta instead: "relabel" lands 1,000 published messages again with a
     new label (what a label or read-state change makes a connector do); "delete" lands
-    deletes of DELETED_MESSAGES published messages.
+    deletes of DELETED_MESSAGES published messages; "events" moves or cancels
+    CHANGED_EVENTS published meetings.
 
     Run INCREMENTAL_RUNS times, each on its own copy of the published home (warehouse,
     lake and state before the delta); the run with the median total is reported, with
@@ -246,7 +248,12 @@ def incremental_run(
         copy = Home(workdir / f"incremental-{i}")
         shutil.rmtree(copy.root, ignore_errors=True)
         shutil.copytree(home.root, copy.root)
-        land = {"new": None, "relabel": _land_relabels, "delete": _land_deletes}[kind]
+        land = {
+            "new": None,
+            "relabel": _land_relabels,
+            "delete": _land_deletes,
+            "events": _land_event_changes,
+        }[kind]
         land = land(copy, workdir) if land else None
         os.sync()  # else the run's fsyncs would also flush the copy just made (ext4)
         runs.append(_one_incremental_run(copy, workdir, as_of, full_s, land))
@@ -288,6 +295,20 @@ def _land_deletes(home: Any, workdir: Path) -> dict[str, int]:
     return land_deletes(home.lake, accounts, DELETED_MESSAGES)
 
 
+# Meetings moved or cancelled in one calendar sync (a week rescheduled): an event figure.
+CHANGED_EVENTS = 100
+
+
+def _land_event_changes(home: Any, workdir: Path) -> dict[str, int]:
+    """CHANGED_EVENTS published meetings moved a day or cancelled, half each, as a calendar
+    sync lands them (untimed, like `_land_relabels`)."""
+    from benchmarks.land import change_events
+
+    _, accounts = _stashed_delta(workdir)
+    end, _, _ = _dates()
+    return change_events(home.lake, accounts, CHANGED_EVENTS, now=end + timedelta(days=2))
+
+
 def _one_incremental_run(
     home: Any, workdir: Path, as_of: datetime, full_s: float, landed: dict[str, int] | None
 ) -> dict[str, Any]:
@@ -302,8 +323,9 @@ def _one_incremental_run(
     times = _stage_times(res, wall)
     total = land_s + times["rebuild_s"]
     return {
-        "delta_messages": counts["messages"],
-        "delta_participants": counts["participants"],
+        "delta_messages": counts.get("messages", 0),
+        "delta_participants": counts.get("participants", 0),
+        "delta_events": counts.get("events", 0),
         "mode": res.mode,
         "fallback_reason": res.fallback_reason,
         "clock_step_s": INCREMENTAL_CLOCK_STEP.total_seconds(),
@@ -884,12 +906,14 @@ def derive(results: dict[str, Any]) -> None:
         for kind, what, stat in (
             ("relabel", "label changes", "relanded_unchanged"),
             ("delete", "deleted messages", "messages_deleted"),
+            ("events", "moved or cancelled meetings", "events_removed"),
         ):
             rel = s.get(kind)
             if not rel:
                 continue
+            changed = rel["delta_events"] if kind == "events" else rel["delta_messages"]
             target(
-                f"{rel['delta_messages']:,} {what} over {s['messages']:,} (x full)",
+                f"{changed:,} {what} over {s['messages']:,} (x full)",
                 round(rel["ratio"], 3),
                 "",
                 None,

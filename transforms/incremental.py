@@ -532,9 +532,10 @@ def removed_events(
         .collect()
         .join(gone, on=RELANDED_EVENTS.key, how="anti")
     )
+    # (The same meeting on another member's calendar is that member's: it stays.)
     if (
-        others.select(source_key=event_source_key())
-        .join(sources, on="source_key", how="semi")
+        others.select(member_id=member_of_account(live), source_key=event_source_key())
+        .join(sources, on=["member_id", "source_key"], how="semi")
         .height
     ):
         raise Fallback("a deleted or changed event shares its meeting with another event")

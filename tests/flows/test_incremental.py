@@ -301,6 +301,46 @@ def test_a_meeting_on_two_calendars_changes_in_one(tmp_path, case):
     assert_equals_full_rebuild(home, AS_OF)
 
 
+def test_changes_on_two_calendars_leave_the_other_copies_alone(tmp_path):
+    """Meeting m@x with Ann is on Alice's and Bob's calendars. In one delta Alice's copy
+    is cancelled and Bob moves another meeting, with Cat, from the 22nd to the 23rd.
+    Bob's copy of m@x is his (meeting rows are one per member, person and meeting), so
+    the run stays incremental. Worked by hand: Ann keeps one meeting row, Bob's, on the
+    20th; Cat's row is on the 23rd. (The check used to match Bob's copy to Alice's
+    cancelled one, ignoring whose each was, and hand the run to the full build.)"""
+    box, home = sandbox_home(tmp_path)
+    box.land(ALICE, HISTORY)
+    for owner, eid in ((ALICE, "evA"), (BOB, "evB")):
+        box.land_event(owner, eid, "2026-05-20T10:00:00", BOB, ["ann@globex.com"], ical_uid="m@x")
+    box.land_event(BOB, "evC", "2026-05-22T10:00:00", BOB, ["cat@initech.co.uk"])
+    publish(home, AS_OF)
+    box.land_event(
+        ALICE,
+        "evA",
+        "2026-05-20T10:00:00",
+        BOB,
+        ["ann@globex.com"],
+        ical_uid="m@x",
+        status="cancelled",
+    )
+    box.land_event(BOB, "evC", "2026-05-23T10:00:00", BOB, ["cat@initech.co.uk"])
+    out = publish(home, AS_OF)
+    assert out.mode == "incremental", out.fallback_reason
+    assert out.stats["events_removed"] == 2  # evA, and evC's old version
+    tables = snapshot(home.warehouse)
+    emails = dict(tables["people"].select("person_id", "primary_email").rows())
+    meetings = tables["interactions"].filter(pl.col("kind") == "meeting")
+    rows = sorted(
+        (emails[p], a, at.day)
+        for p, a, at in meetings.select("person_id", "account_id", "at").rows()
+    )
+    assert rows == [
+        ("ann@globex.com", box.account(BOB), 20),
+        ("cat@initech.co.uk", box.account(BOB), 23),
+    ]
+    assert_equals_full_rebuild(home, AS_OF)
+
+
 def test_deleted_mail_is_taken_back_out_incrementally(tmp_path):
     """Ann's only named mail (h2) and the mail to Ben (h1) are deleted at the provider,
     one new mail to Ann arrives. Worked by hand: messages h3, h4, d1; Ann keeps her
