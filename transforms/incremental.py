@@ -1056,38 +1056,51 @@ def _build_delta(
     new_companies = companies.join(previous.companies, on="company_id", how="anti")
 
     updated_keys: dict[str, int] = {}
+    redone_keys: dict[str, int] = {}
 
     def updated(key: str, extra: pl.Series, ids: pl.DataFrame) -> pl.DataFrame:
         """New activity rows of the keys the delta or the clock touched (of `ids`)."""
-        # Those that had rows of deleted mail are redone whole, from the rows that stay.
+        # Those that lost rows (deleted mail and events) are updated like the rest, with
+        # the lost rows taken out of the counts, unless a lost row held one of their
+        # first or last times: those are redone whole, from the rows that stay.
         hit = hit_ids[key].join(ids.select(key), on=key, how="semi")
+        whole_keys = hit.join(
+            held_an_end(key, removed_rows, previous.activity[key]), on=key, how="semi"
+        )
+        lost = removed_rows.join(whole_keys, on=key, how="anti")
         touched = (
-            pl.concat([entering[key], around[key], extra])
+            pl.concat([entering[key], around[key], lost[key], extra])
             .drop_nulls()
             .unique()
             .to_frame(key)
             .join(ids.select(key), on=key, how="semi")  # not records merged away
-            .join(hit, on=key, how="anti")
+            .join(whole_keys, on=key, how="anti")
         )
-        updated_keys[key] = touched.height + hit.height
+        updated_keys[key] = touched.height + whole_keys.height
+        redone_keys[key] = whole_keys.height
         pairs = (
-            pl.concat([entering.select(key, "source_key"), around.select(key, "source_key")])
+            pl.concat([frame.select(key, "source_key") for frame in (entering, around, lost)])
             .drop_nulls()
             .unique()
         )
+
+        def of_pairs(rows: pl.DataFrame, is_new: bool, is_removed: bool) -> pl.DataFrame:
+            return rows.join(pairs, on=[key, "source_key"], how="semi").with_columns(
+                is_new=pl.lit(is_new), is_removed=pl.lit(is_removed)
+            )
+
         source_rows = pl.concat(
             [
-                by_source.join(pairs, on=[key, "source_key"], how="semi").with_columns(
-                    is_new=pl.lit(False)
-                ),
-                delta_interactions.join(pairs, on=[key, "source_key"], how="semi").with_columns(
-                    is_new=pl.lit(True)
-                ),
+                of_pairs(by_source, False, False),
+                of_pairs(lost, False, True),
+                of_pairs(delta_interactions, True, False),
             ]
         )
         future = pl.concat(
             [
-                future_rows.result().join(touched, on=key, how="semi").select(key, "at"),
+                removed.drop_rows(future_rows.result())
+                .join(touched, on=key, how="semi")
+                .select(key, "at"),
                 delta_interactions.filter(
                     (pl.col("kind") == "meeting") & (pl.col("at") > as_of)
                 ).select(key, "at"),
@@ -1105,11 +1118,15 @@ def _build_delta(
             as_of,
             members,
         )
-        if hit.is_empty():
+        if whole_keys.is_empty():
             return rows
-        redone = lookup.activity_of(key, hit[key], removed.sources, delta_interactions, as_of)
+        redone = lookup.activity_of(
+            key, whole_keys[key], removed.sources, delta_interactions, as_of
+        )
         whole = activity_table(
-            ids.join(hit, on=key, how="semi").lazy(), key, with_member_email(redone.lazy(), members)
+            ids.join(whole_keys, on=key, how="semi").lazy(),
+            key,
+            with_member_email(redone.lazy(), members),
         ).collect()
         return pl.concat([rows, whole.select(rows.columns).cast(rows.schema)])
 
@@ -1141,6 +1158,8 @@ def _build_delta(
         "rows_around_time_edges": around.height,
         "people_updated": updated_keys["person_id"],
         "companies_updated": updated_keys["company_id"],
+        # (of those updated: redone from all their rows, having lost a first or last one)
+        "activity_redone": redone_keys["person_id"] + redone_keys["company_id"],
         "people_created": new_people.height,
         "quarantined": quarantine.height,
     }
@@ -1153,6 +1172,15 @@ def _build_delta(
     }
     lap("tables")
     return DeltaStaged(upsert, append, gate_tables, stats, lap.times)
+
+
+def held_an_end(key: str, lost: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
+    """Keys one of whose `lost` rows is at one of their previous first or last times
+    (any kind: a cheap, safe superset). Without that row the time must be found again
+    among all the rows that stay; otherwise taking the row out leaves it as it is."""
+    ends = [c for c in previous.columns if c.startswith(("first_", "last_")) and c.endswith("_at")]
+    at_ends = previous.select(key, at=pl.concat_list(ends)).explode("at").drop_nulls()
+    return lost.select(key, "at").join(at_ends, on=[key, "at"], how="semi").select(key).unique()
 
 
 EMAIL_KINDS = ["email_sent", "email_received"]
@@ -1182,8 +1210,9 @@ def activity_update(
       (new interactions, and old ones whose time came between the two as_of);
     * last interaction kind/member: the greatest (at, kind, member) of the same;
     * windowed counts: previous count plus, per source whose window status can have
-      changed (`source_rows`: every row of each such key and source), in-window now
-      minus in-window then;
+      changed (`source_rows`: every row of each such key and source, flagged `is_new`
+      if the run adds it and `is_removed` if it takes it out), in-window now minus
+      in-window then;
     * next meeting: the earliest meeting after as_of (`future`).
     Equal to `metrics.activity_metrics` over all rows (tests/flows/test_incremental.py).
     """
@@ -1232,7 +1261,11 @@ def activity_update(
             .any()
             .alias(f"{column}_was")
         )
-        now.append((of_kind & (at > now_lo) & (at <= as_of)).any().alias(f"{column}_now"))
+        now.append(
+            (of_kind & ~pl.col("is_removed") & (at > now_lo) & (at <= as_of))
+            .any()
+            .alias(f"{column}_now")
+        )
     # Per source: in each window then and now; per key: how many sources came in minus out.
     changes = (
         source_rows.group_by(key, "source_key")

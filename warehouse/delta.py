@@ -226,9 +226,10 @@ class DuckLookup:
         return self._where_in(columns, "rfc_message_id", rfc_ids)
 
     def meetings_after(self, after: datetime) -> pl.DataFrame:
-        """(person_id, company_id, at) of every meeting after `after` (upcoming: few)."""
+        """(person_id, company_id, at, member_id, source_key) of every meeting after `after`
+        (upcoming: few)."""
         sql = (
-            'SELECT person_id, company_id, "at" FROM interactions'
+            'SELECT person_id, company_id, "at", member_id, source_key FROM interactions'
             " WHERE kind = 'meeting' AND \"at\" > ?"
         )
         with self._cursor() as cur:
