@@ -45,7 +45,6 @@ from transforms.events import (
 from transforms.metrics import (
     INTERACTIONS_SCHEMA,
     SUM_COLUMNS,
-    activity_table,
     dedupe_interactions,
     member_of_account,
     person_connection_sums,
@@ -182,7 +181,7 @@ class Lookup(Protocol):
 
     def meetings_after(self, after: datetime) -> pl.DataFrame: ...
 
-    def activity_of(
+    def ends_of(
         self,
         key: str,
         ids: pl.Series,
@@ -1028,13 +1027,9 @@ def _build_delta(
         .group_by(pair)
         .agg(pl.col(SUM_COLUMNS).sum())
     )
-    # Pairs, people and companies that had rows of deleted mail: redone from all their
-    # rows that stay (decay sums can't be taken back out exactly in floating point).
+    # Pairs that had rows of deleted mail: redone from all their rows that stay (decay
+    # sums can't be taken back out exactly in floating point).
     hit_pairs = removed_rows.select(pair).unique()
-    hit_ids = {
-        "person_id": hit_pairs.select("person_id").unique(),
-        "company_id": removed_rows.select("company_id").drop_nulls().unique(),
-    }
     gone_pairs = hit_pairs.clear()
     if hit_pairs.height:
         # In DuckDB, next to the rows: random deletes hit the busiest contacts (at 1M,
@@ -1060,24 +1055,20 @@ def _build_delta(
 
     def updated(key: str, extra: pl.Series, ids: pl.DataFrame) -> pl.DataFrame:
         """New activity rows of the keys the delta or the clock touched (of `ids`)."""
-        # Those that lost rows (deleted mail and events) are updated like the rest, with
-        # the lost rows taken out of the counts, unless a lost row held one of their
-        # first or last times: those are redone whole, from the rows that stay.
-        hit = hit_ids[key].join(ids.select(key), on=key, how="semi")
-        whole_keys = hit.join(
-            held_an_end(key, removed_rows, previous.activity[key]), on=key, how="semi"
-        )
-        lost = removed_rows.join(whole_keys, on=key, how="anti")
+        # Those that lost rows (deleted mail and events) are updated like the rest, the
+        # lost rows taken out of the counts; where a lost row held a first or last time,
+        # the times are found again among all the rows that stay.
+        lost = removed_rows.join(ids.select(key), on=key, how="semi")
+        ends_lost = held_an_end(key, lost, previous.activity[key])
         touched = (
             pl.concat([entering[key], around[key], lost[key], extra])
             .drop_nulls()
             .unique()
             .to_frame(key)
             .join(ids.select(key), on=key, how="semi")  # not records merged away
-            .join(whole_keys, on=key, how="anti")
         )
-        updated_keys[key] = touched.height + whole_keys.height
-        redone_keys[key] = whole_keys.height
+        updated_keys[key] = touched.height
+        redone_keys[key] = ends_lost.height
         pairs = (
             pl.concat([frame.select(key, "source_key") for frame in (entering, around, lost)])
             .drop_nulls()
@@ -1118,17 +1109,18 @@ def _build_delta(
             as_of,
             members,
         )
-        if whole_keys.is_empty():
+        if ends_lost.is_empty():
             return rows
-        redone = lookup.activity_of(
-            key, whole_keys[key], removed.sources, delta_interactions, as_of
+        ends = lookup.ends_of(key, ends_lost[key], removed.sources, delta_interactions, as_of)
+        ends = with_member_email(ends.lazy(), members).collect()
+        found = (  # (no row left up to as_of: every time null)
+            rows.join(ends_lost, on=key, how="semi")
+            .drop(END_COLUMNS)
+            .join(ends, on=key, how="left")
+            .select(rows.columns)
+            .cast(rows.schema)
         )
-        whole = activity_table(
-            ids.join(whole_keys, on=key, how="semi").lazy(),
-            key,
-            with_member_email(redone.lazy(), members),
-        ).collect()
-        return pl.concat([rows, whole.select(rows.columns).cast(rows.schema)])
+        return pl.concat([rows.join(ends_lost, on=key, how="anti"), found])
 
     person_rows = updated("person_id", new_people["person_id"], people)
     company_rows = updated("company_id", new_companies["company_id"], companies)
@@ -1174,12 +1166,30 @@ def _build_delta(
     return DeltaStaged(upsert, append, gate_tables, stats, lap.times)
 
 
+# The activity columns a lost row can hold: its time may be a first or last one.
+END_COLUMNS = [
+    "first_interaction_at",
+    "last_interaction_at",
+    "last_interaction_kind",
+    "last_interaction_member",
+    "first_email_at",
+    "last_email_at",
+    "first_meeting_at",
+    "last_meeting_at",
+]
+
+
 def held_an_end(key: str, lost: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
     """Keys one of whose `lost` rows is at one of their previous first or last times
-    (any kind: a cheap, safe superset). Without that row the time must be found again
-    among all the rows that stay; otherwise taking the row out leaves it as it is."""
-    ends = [c for c in previous.columns if c.startswith(("first_", "last_")) and c.endswith("_at")]
-    at_ends = previous.select(key, at=pl.concat_list(ends)).explode("at").drop_nulls()
+    (of any kind: a cheap, safe superset). Without that row those times must be found
+    again among all the rows that stay; otherwise taking the row out leaves them be."""
+    times = [c for c in END_COLUMNS if c.endswith("_at")]
+    at_ends = (
+        previous.join(lost.select(key).unique(), on=key, how="semi")
+        .select(key, at=pl.concat_list(times))
+        .explode("at")
+        .drop_nulls()
+    )
     return lost.select(key, "at").join(at_ends, on=[key, "at"], how="semi").select(key).unique()
 
 

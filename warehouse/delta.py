@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from string import Template
 
@@ -182,7 +182,7 @@ class DuckLookup:
             exact = " AND source_key IN (SELECT id FROM lookup_ids)"  # (hashes can collide)
             return _utc(cur.sql(_INTERACTIONS_WHERE.format(where=where) + exact).pl())
 
-    def activity_of(
+    def ends_of(
         self,
         key: str,
         ids: pl.Series,
@@ -190,20 +190,18 @@ class DuckLookup:
         added: pl.DataFrame,
         as_of: datetime,
     ) -> pl.DataFrame:
-        """Activity of `ids` (people or companies) over their stored interactions without
-        the rows of `dropped` (member_id, source_key), plus `added` rows: the columns of
-        transforms.metrics.activity_metrics with last_interaction_member_id (sql/
-        activity_of.sql). Computed here, next to the rows: a busy contact has many."""
+        """First and last times of `ids` (people or companies), and the kind and member id
+        of their last interaction, over their stored interactions without the rows of
+        `dropped` (member_id, source_key), plus `added` rows (sql/ends_of.sql). Computed
+        here, next to the rows: a busy contact has many."""
         assert key in ("person_id", "company_id")
-        params: dict[str, object] = {"as_of": as_of}
-        params |= {f"lo_{days}": as_of - timedelta(days=days) for days in (30, 90, 365)}
         frames = {"redo_ids": pl.DataFrame({"id": ids}), "dropped_frame": dropped}
-        return self._redo(_sql("activity_of.sql", KEY=key), frames, added, params)
+        return self._redo(_sql("ends_of.sql", KEY=key), frames, added, {"as_of": as_of})
 
     def sums_of(
         self, pairs: pl.DataFrame, dropped: pl.DataFrame, added: pl.DataFrame, as_of: datetime
     ) -> pl.DataFrame:
-        """Decay sums of (member_id, person_id) `pairs` as activity_of counts their rows
+        """Decay sums of (member_id, person_id) `pairs` over the rows ends_of reads
         (sql/sums_of.sql); pairs with no row up to as_of are left out."""
         frames = {"redo_pairs": pairs, "dropped_frame": dropped}
         return self._redo(_sql("sums_of.sql"), frames, added, {"as_of": as_of})

@@ -371,11 +371,17 @@ def test_deleted_mail_is_taken_back_out_incrementally(tmp_path):
     assert_equals_full_rebuild(home, AS_OF)
 
 
-def test_a_deleted_mail_between_the_first_and_last_is_counted_out(tmp_path):
-    """Alice wrote to Zed on May 10, 20 and 28 (as_of June 1). The mail of the 20th is
-    deleted. Worked by hand: Zed's first (10th) and last (28th) mail stay, so his
-    activity and his company's are updated from the lost row alone, not redone from all
-    their rows; mail in the last 30 days goes from 3 to 2, for both."""
+@pytest.mark.parametrize(
+    ("deleted", "last_day", "redone"),
+    [("z2", 28, 0), ("z3", 20, 2)],
+    ids=["between", "last"],
+)
+def test_a_deleted_mail_is_counted_out(tmp_path, deleted, last_day, redone):
+    """Alice wrote to Zed on May 10, 20 and 28 (as_of June 1); one mail is deleted.
+    Worked by hand: mail in the last 30 days goes from 3 to 2, for Zed and his company.
+    The mail of the 20th held neither his first nor his last time: both are kept and
+    nothing is redone from all rows. The mail of the 28th held the last: it is found
+    again (the 20th) among the rows that stay, for Zed and for his company."""
     box, home = sandbox_home(tmp_path)
     box.land(ALICE, HISTORY)
     days = {"z1": 10, "z2": 20, "z3": 28}
@@ -384,17 +390,18 @@ def test_a_deleted_mail_between_the_first_and_last_is_counted_out(tmp_path):
         [Mail(m, ALICE, ["zed@zenith.io"], at=f"2026-05-{d}T09:00:00") for m, d in days.items()],
     )
     publish(home, AS_OF)
-    box.delete(ALICE, "z2")
+    box.delete(ALICE, deleted)
     out = publish(home, AS_OF)
     assert out.mode == "incremental", out.fallback_reason
-    assert (out.stats["messages_deleted"], out.stats["activity_redone"]) == (1, 0)
+    assert (out.stats["messages_deleted"], out.stats["activity_redone"]) == (1, redone)
     tables = snapshot(home.warehouse)
     zed = tables["people"].filter(pl.col("primary_email") == "zed@zenith.io")
     person = tables["_rapport_person_activity"].join(zed.select("person_id"), on="person_id")
     company = tables["_rapport_company_activity"].join(zed.select("company_id"), on="company_id")
     for activity in (person, company):
         row = activity.row(0, named=True)
-        assert (row["first_email_at"].day, row["last_email_at"].day) == (10, 28)
+        assert (row["first_email_at"].day, row["last_email_at"].day) == (10, last_day)
+        assert row["last_interaction_at"].day == last_day
         assert (row["emails_30d"], row["emails_365d"]) == (2, 2)
     assert_equals_full_rebuild(home, AS_OF)
 

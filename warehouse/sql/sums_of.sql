@@ -3,7 +3,7 @@
 -- redoes for the pairs that lost interactions. Same formula as transforms.metrics
 -- .person_connection_sums (the full build; constants filled in from there). Registered
 -- by warehouse.delta.DuckLookup.sums_of: redo_pairs(member_id, person_id), and
--- dropped_frame and added_rows as for activity_of.sql. Pairs with no row up to $as_of
+-- dropped_frame and added_rows as for ends_of.sql. Pairs with no row up to $as_of
 -- are left out, as in the full build.
 WITH dropped_sources AS (
     SELECT member_id, source_key, hash(source_key) AS h FROM dropped_frame
