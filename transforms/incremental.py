@@ -43,6 +43,8 @@ from transforms.events import (
     events_table,
 )
 from transforms.metrics import (
+    ACTIVITY_COLUMNS,
+    COUNT_COLUMNS,
     INTERACTIONS_SCHEMA,
     SUM_COLUMNS,
     dedupe_interactions,
@@ -1166,17 +1168,9 @@ def _build_delta(
     return DeltaStaged(upsert, append, gate_tables, stats, lap.times)
 
 
-# The activity columns a lost row can hold: its time may be a first or last one.
-END_COLUMNS = [
-    "first_interaction_at",
-    "last_interaction_at",
-    "last_interaction_kind",
-    "last_interaction_member",
-    "first_email_at",
-    "last_email_at",
-    "first_meeting_at",
-    "last_meeting_at",
-]
+# The activity columns a lost row can hold: its time may be a first or last one (the
+# next meeting is found from the upcoming rows anyway, the counts are updated).
+END_COLUMNS = [c for c in ACTIVITY_COLUMNS if c not in (*COUNT_COLUMNS, "next_meeting_at")]
 
 
 def held_an_end(key: str, lost: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
