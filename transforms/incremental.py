@@ -1152,7 +1152,7 @@ def _build_delta(
         "rows_around_time_edges": around.height,
         "people_updated": updated_keys["person_id"],
         "companies_updated": updated_keys["company_id"],
-        # (of those updated: redone from all their rows, having lost a first or last one)
+        # (of those updated: first and last times found again, a lost row having held one)
         "activity_redone": redone_keys["person_id"] + redone_keys["company_id"],
         "people_created": new_people.height,
         "quarantined": quarantine.height,
