@@ -152,17 +152,25 @@ class DuckLookup:
             ).pl()
 
     def published_messages(self, keys: pl.Series) -> pl.Series:
-        """Which of these message keys are published (found by their hash first)."""
-        if keys.is_empty():
-            return pl.Series("message_key", [], pl.String)
+        """Which of these message keys are published: the row ids whose hash matches
+        first, then only those rows' keys, checked exactly (hashes can collide).
+
+        Two queries: in one, DuckDB compared the strings on a scan of every message's key
+        before the row ids narrowed it (0.04 s at 1M messages, even with no match)."""
+        keys = keys.unique().drop_nulls()
         with self._cursor() as cur:
-            cur.register("lookup_keys", arrow_view(pl.DataFrame({"k": keys.unique()})))
-            found = cur.execute(
-                "SELECT message_key FROM messages WHERE rowid IN (SELECT rowid FROM messages"
-                " WHERE key_hash IN (SELECT hash(k) FROM lookup_keys))"
-                " AND message_key IN (SELECT k FROM lookup_keys)"
+            cur.register("lookup_keys", arrow_view(pl.DataFrame({"k": keys})))
+            hits = cur.execute(
+                "SELECT rowid FROM messages WHERE key_hash IN (SELECT hash(k) FROM lookup_keys)"
             ).fetchall()
-        return pl.Series("message_key", [r[0] for r in found], pl.String)
+            if not hits:  # (new mail: the usual case)
+                return pl.Series("message_key", [], pl.String)
+            cur.register("hit_rows", arrow_view(pl.DataFrame({"r": [r[0] for r in hits]})))
+            found = cur.sql(
+                "SELECT message_key FROM messages WHERE rowid IN (SELECT r FROM hit_rows)"
+            )
+            candidates = found.pl().to_series()
+        return candidates.filter(candidates.is_in(keys.implode()))
 
     def contact_history(self, keys: pl.Series) -> pl.DataFrame:
         return self._where_in("SELECT * FROM _rapport_contact_history", "canonical_key", keys)
