@@ -158,6 +158,18 @@ def normalise_addresses(lf: pl.LazyFrame, column: str = "address") -> pl.LazyFra
     return out.with_columns(pl.col("valid").fill_null(False)).lazy()
 
 
+def may_normalise_into(domains: list[str], column: str = "address") -> pl.Expr:
+    """True for every raw address that can normalise to an address at one of `domains`
+    (normalised domains), and for few others: a cheap superset over millions of rows.
+    Normalising trims and lower-cases, so such an address holds the domain as typed, in
+    some ASCII case; a non-ASCII one may hold its IDNA form only after encoding, so every
+    non-ASCII address passes."""
+    raw = pl.col(column)
+    return raw.str.contains_any(domains, ascii_case_insensitive=True) | ~raw.str.contains(
+        r"^[\x00-\x7f]*$"
+    )
+
+
 def address_table(lf: pl.LazyFrame, column: str) -> pl.LazyFrame:
     """The normalised attributes of each value of `column` (one row per input row)."""
     cleaned = pl.col(column).str.strip_chars().str.to_lowercase()

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from transforms import addresses
-from transforms.addresses import canonical_key, normalise_address, normalise_addresses
+from transforms.addresses import (
+    canonical_key,
+    may_normalise_into,
+    normalise_address,
+    normalise_addresses,
+)
 from transforms.current import with_message_row
 from transforms.metrics import with_message_columns
 from transforms.pipeline import lists_by_row, row_offsets
@@ -119,6 +124,38 @@ def test_address_normalisation_matches_the_scalar_rules_row_by_row(rows):
         assert row["email"] == expected
         assert row["valid"] == (expected is not None)
         assert row["canonical_key"] == canonical_key(row["address"])
+
+
+raw_addresses = st.builds(
+    lambda pad, local, tag, at, domain, dot: f"{pad}{local}{tag}{at}{domain}{dot}{pad}",
+    st.sampled_from(["", " ", "\t"]),
+    st.sampled_from(["ann", "A.Nn", "bob", "Zoë", "x"]),
+    st.sampled_from(["", "+news", "+A+b"]),
+    st.sampled_from(["@", "@@", ""]),
+    st.sampled_from(
+        ["Example.COM", "example.com", ".example.com", "gmail.com", "bücher.de", "xn--bcher-kva.de"]
+        + ["Sub.Example.co.uk", "exämple.com", "ex", ""]
+    ),
+    st.sampled_from(["", "."]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(address=raw_addresses, others=st.lists(st.sampled_from(["acme.io", "b.org"]), max_size=2))
+def test_the_domain_prefilter_keeps_every_address_that_normalises_into_a_domain(address, others):
+    """`may_normalise_into` may keep too much, never too little: an address whose
+    normalised form is at one of the domains always passes."""
+    norm = normalise_address(address)
+    assume(norm is not None)  # (invalid addresses never match an email: either way)
+    frame = pl.DataFrame({"address": [address]})
+    domains = [norm.split("@")[1], *others]
+    assert frame.filter(may_normalise_into(domains)).height == 1, (address, norm)
+
+
+def test_the_domain_prefilter_drops_other_ascii_addresses():
+    frame = pl.DataFrame({"address": ["ann@Acme.io", "bob@other.org", "zoë@x.de", None]})
+    kept = frame.filter(may_normalise_into(["acme.io"]))["address"].to_list()
+    assert kept == ["ann@Acme.io", "zoë@x.de"]  # (non-ASCII: its IDNA form may differ)
 
 
 @pytest.mark.parametrize("collide", [False, True])
