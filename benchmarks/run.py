@@ -822,6 +822,18 @@ def run_size(size: int, args: argparse.Namespace, base: Path) -> dict[str, Any]:
     return out
 
 
+def _incremental_note(run: dict[str, Any], stat: str | None = None) -> str:
+    """'<total>s vs <full>s (<mode>[: why it was not incremental][; <stat> n]; median of
+    the runs)' for a target row."""
+    why = f": {run['fallback_reason']}" if run.get("fallback_reason") else ""
+    counted = f"; {stat} {run['stats'].get(stat, 0):,}" if stat else ""
+    runs = " / ".join(f"{t:.2f}" for t in run.get("runs_total_s", [run["total_s"]]))
+    return (
+        f"{run['total_s']:.2f}s vs {run['full_rebuild_s']:.2f}s"
+        f" ({run['mode']}{why}{counted}; median of {runs})"
+    )
+
+
 def derive(results: dict[str, Any]) -> None:
     """Rates, ratios, the scaling exponent and PASS/MISS per target."""
     sizes = [s for s in results["sizes"] if "error" not in s]
@@ -896,11 +908,7 @@ def derive(results: dict[str, Any]) -> None:
                 round(inc["ratio"], 3),
                 f"<= {INCREMENTAL_TARGET:.0%}",
                 inc["ratio"] <= INCREMENTAL_TARGET,
-                f"{inc['total_s']:.2f}s vs {inc['full_rebuild_s']:.2f}s ({inc['mode']}"
-                + (f": {inc['fallback_reason']}" if inc.get("fallback_reason") else "")
-                + "; median of "
-                + " / ".join(f"{t:.2f}" for t in inc.get("runs_total_s", [inc["total_s"]]))
-                + ")",
+                _incremental_note(inc),
             )
         # No target: deltas the incremental path used to hand to a full build.
         for kind, what, stat in (
@@ -917,12 +925,7 @@ def derive(results: dict[str, Any]) -> None:
                 round(rel["ratio"], 3),
                 "",
                 None,
-                f"{rel['total_s']:.2f}s vs {rel['full_rebuild_s']:.2f}s ({rel['mode']}"
-                + (f": {rel['fallback_reason']}" if rel.get("fallback_reason") else "")
-                + f"; {stat} {rel['stats'].get(stat, 0):,}"
-                + "; median of "
-                + " / ".join(f"{t:.2f}" for t in rel["runs_total_s"])
-                + ")",
+                _incremental_note(rel, stat),
             )
     for s in ordered:
         d = s.get("dlt")
