@@ -310,11 +310,11 @@ class Landing:
     ) -> tuple[pl.DataFrame, pl.DataFrame]:
         """The live landed version of each item of `keys` among `files`, and its people
         in landing order."""
-        accounts = set(keys["account_id"].unique().to_list())
+        accounts = keys["account_id"].unique().to_list()
         ids = keys[self.id_column].unique().implode()
 
         def scan(table: str) -> pl.LazyFrame:  # the files of the keys' accounts only
-            paths = [p for p in files.get(table, []) if _lake_account(p) in accounts]
+            paths = files_of_accounts(files, table, accounts)
             return scan_files(paths, table).filter(pl.col(self.id_column).is_in(ids))
 
         items = self.current(scan(self.items).join(keys.lazy(), on=self.key, how="semi")).collect()
@@ -351,9 +351,15 @@ def changed_items(
     return after.join(same.select(key), on=key, how="anti").select(key)
 
 
-def _lake_account(path: str) -> str:
-    """The account of a lake file (…/account_id=<id>/<batch>.parquet)."""
-    return os.path.basename(os.path.dirname(path)).removeprefix("account_id=")
+def files_of_accounts(files: dict[str, list[str]], table: str, accounts: list[str]) -> list[str]:
+    """The lake files of `table` among `files` that belong to one of `accounts` (a file's
+    account is its folder: …/account_id=<id>/<batch>.parquet)."""
+    wanted = set(accounts)
+    return [
+        p
+        for p in files.get(table, [])
+        if os.path.basename(os.path.dirname(p)).removeprefix("account_id=") in wanted
+    ]
 
 
 RELANDED_MAIL = Landing(
@@ -525,11 +531,7 @@ def removed_events(
     sources = events.select(member_id=member_of_account(live), source_key=event_source_key())
     accounts = events["account_id"].unique().to_list()
     others = (
-        current_events(
-            scan_files(
-                [p for p in known_files.get("events", []) if _lake_account(p) in accounts], "events"
-            )
-        )
+        current_events(scan_files(files_of_accounts(known_files, "events", accounts), "events"))
         .collect()
         .join(gone, on=RELANDED_EVENTS.key, how="anti")
     )
@@ -1058,6 +1060,7 @@ def _build_delta(
 
     updated_keys: dict[str, int] = {}
     redone_keys: dict[str, int] = {}
+    upcoming = removed.drop_rows(future_rows.result())  # (the meetings that stay)
 
     def updated(key: str, extra: pl.Series, ids: pl.DataFrame) -> pl.DataFrame:
         """New activity rows of the keys the delta or the clock touched (of `ids`)."""
@@ -1095,9 +1098,7 @@ def _build_delta(
         )
         future = pl.concat(
             [
-                removed.drop_rows(future_rows.result())
-                .join(touched, on=key, how="semi")
-                .select(key, "at"),
+                upcoming.join(touched, on=key, how="semi").select(key, "at"),
                 delta_interactions.filter(
                     (pl.col("kind") == "meeting") & (pl.col("at") > as_of)
                 ).select(key, "at"),
