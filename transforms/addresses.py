@@ -118,6 +118,17 @@ ADDRESS_COLUMNS = [
 ]
 
 
+def repeated(values: pl.Series) -> pl.Series:
+    """`values.is_duplicated()`, found by a sort: on the 2.7M 64-bit key hashes of a
+    million messages 0.06 s, not 0.16 s (Polars' hash-table version)."""
+    ordered = values.sort()
+    twice = ordered.filter((ordered == ordered.shift(1)).fill_null(False))
+    out = values.is_in(twice.unique().implode()).fill_null(False)
+    if values.null_count() > 1:  # nulls repeat each other, as is_duplicated counts them
+        out = out | values.is_null()
+    return out.alias(values.name)
+
+
 def key_hash(columns: list[str], seed: int) -> pl.Expr:
     """A 64-bit hash of the columns' values (for joins that check what it matched).
 

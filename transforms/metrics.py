@@ -26,6 +26,7 @@ formula above (with these constants) when queried.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import polars as pl
@@ -315,7 +316,13 @@ def person_connection_sums(interactions: pl.LazyFrame, as_of: datetime) -> pl.La
 def activity_metrics(
     interactions: pl.LazyFrame, key: str, as_of: datetime, member_emails: pl.DataFrame
 ) -> pl.LazyFrame:
-    """Per key: first/last/next interaction and windowed counts (no scores)."""
+    """Per key: first/last/next interaction and windowed counts (no scores).
+
+    Conditions select values with when/then (null elsewhere, which min, max and the
+    counts skip), not with `filter` inside the aggregation: Polars runs a filtered
+    aggregation group by group, the when/then on whole columns (at a million messages
+    0.46 s -> 0.3 s for people).
+    """
     at = pl.col("at")
     past = at <= as_of
     is_email = pl.col("kind").is_in(["email_sent", "email_received"])
@@ -325,30 +332,36 @@ def activity_metrics(
     def within(days: int) -> pl.Expr:
         return past & (at > pl.lit(as_of) - day * days)
 
-    last_kind, last_member = last_kind_and_member(interactions, past)
+    def at_if(condition: pl.Expr) -> pl.Expr:
+        return pl.when(condition).then(at)
+
     # Distinct counts on a 64-bit hash of the source key, not on the strings themselves.
     src = pl.col("_src")
+
+    def sources_if(condition: pl.Expr) -> pl.Expr:
+        return pl.when(condition).then(src).drop_nulls().n_unique().cast(pl.Int64)
+
+    last_row, with_last_row = last_kind_and_member(interactions, past)
     base = (
         interactions.with_columns(_src=pl.col("source_key").hash(seed=7))
         .group_by(key)
         .agg(
-            first_interaction_at=at.filter(past).min(),
-            last_interaction_at=at.filter(past).max(),
-            last_interaction_kind=last_kind,
-            last_interaction_member_id=last_member,
-            first_email_at=at.filter(is_email & past).min(),
-            last_email_at=at.filter(is_email & past).max(),
-            first_meeting_at=at.filter(is_meeting & past).min(),
-            last_meeting_at=at.filter(is_meeting & past).max(),
-            next_meeting_at=at.filter(is_meeting & (at > as_of)).min(),
+            *last_row,
+            first_interaction_at=at_if(past).min(),
+            last_interaction_at=at_if(past).max(),
+            first_email_at=at_if(is_email & past).min(),
+            last_email_at=at_if(is_email & past).max(),
+            first_meeting_at=at_if(is_meeting & past).min(),
+            last_meeting_at=at_if(is_meeting & past).max(),
+            next_meeting_at=at_if(is_meeting & (at > as_of)).min(),
             # Distinct sources: mail to two members, or a shared meeting, counts once.
-            emails_30d=src.filter(is_email & within(30)).n_unique().cast(pl.Int64),
-            emails_90d=src.filter(is_email & within(90)).n_unique().cast(pl.Int64),
-            emails_365d=src.filter(is_email & within(365)).n_unique().cast(pl.Int64),
-            meetings_90d=src.filter(is_meeting & within(90)).n_unique().cast(pl.Int64),
+            emails_30d=sources_if(is_email & within(30)),
+            emails_90d=sources_if(is_email & within(90)),
+            emails_365d=sources_if(is_email & within(365)),
+            meetings_90d=sources_if(is_meeting & within(90)),
         )
     )
-    return with_member_email(base, member_emails).select(key, *ACTIVITY_COLUMNS)
+    return with_member_email(with_last_row(base), member_emails).select(key, *ACTIVITY_COLUMNS)
 
 
 def with_member_email(activity: pl.LazyFrame, member_emails: pl.DataFrame) -> pl.LazyFrame:
@@ -361,14 +374,18 @@ def with_member_email(activity: pl.LazyFrame, member_emails: pl.DataFrame) -> pl
     )
 
 
-def last_kind_and_member(interactions: pl.LazyFrame, past: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
-    """Aggregations for the kind and member of the greatest (at, kind, member_id) among
-    past rows (ties broken by the strings, as a sort would).
+def last_kind_and_member(
+    interactions: pl.LazyFrame, past: pl.Expr
+) -> tuple[list[pl.Expr], Callable[[pl.LazyFrame], pl.LazyFrame]]:
+    """The kind and member of the greatest (at, kind, member_id) among each group's past
+    rows (ties broken by the strings, as a sort would): aggregations for the group-by,
+    and the step after it that names them last_interaction_kind and
+    last_interaction_member_id.
 
     The three are packed into one integer (time in microseconds, then the rank of the
-    kind and of the member id), so a max per group finds the row: a sort per group cost
-    more than half of the metrics step. If the times or the number of members do not
-    fit, the sort runs.
+    kind and of the member id), so a max per group finds the row, and only the groups'
+    maxima are unpacked: a sort per group cost more than half of the metrics step. If
+    the times or the number of members do not fit, the sort runs.
     """
     facts = interactions.select(
         first=pl.col("at").dt.epoch("us").min(),
@@ -381,26 +398,38 @@ def last_kind_and_member(interactions: pl.LazyFrame, past: pl.Expr) -> tuple[pl.
     kinds = sorted(KIND_RANK)  # lexicographic order, as a sort of the strings has
     if first is None or first < 0 or last >= 1 << (62 - bits - 2):
         latest = [pl.col(c).filter(past) for c in ("at", "kind", "member_id")]
-        return (
-            pl.col("kind").filter(past).sort_by(latest).last(),
-            pl.col("member_id").filter(past).sort_by(latest).last(),
-        )
+        by_sort = [
+            pl.col("kind").filter(past).sort_by(latest).last().alias("last_interaction_kind"),
+            pl.col("member_id")
+            .filter(past)
+            .sort_by(latest)
+            .last()
+            .alias("last_interaction_member_id"),
+        ]
+        return by_sort, lambda grouped: grouped
+
+    def rank(column: str, values: list[str]) -> pl.Expr:  # (a value not listed fails)
+        return pl.col(column).cast(pl.Enum(values)).to_physical().cast(pl.Int64)
+
     # Non-negative microseconds small enough to leave the low bits free.
     packed = (
         pl.col("at").dt.epoch("us") * (1 << (bits + 2))
-        + pl.col("kind").replace_strict(kinds, range(len(kinds)), return_dtype=pl.Int64)
-        * (1 << bits)
-        + pl.col("member_id").replace_strict(
-            member_ids, range(len(member_ids)), return_dtype=pl.Int64
-        )
+        + rank("kind", kinds) * (1 << bits)
+        + rank("member_id", member_ids)
     )
-    best = packed.filter(past).max()
-    return (
-        (best // (1 << bits) % 4).replace_strict(range(len(kinds)), kinds, return_dtype=pl.String),
-        (best % (1 << bits)).replace_strict(
-            range(len(member_ids)), member_ids, return_dtype=pl.String
-        ),
-    )
+    best = pl.col("_last_row")
+
+    def unpacked(grouped: pl.LazyFrame) -> pl.LazyFrame:
+        return grouped.with_columns(
+            last_interaction_kind=(best // (1 << bits) % 4).replace_strict(
+                range(len(kinds)), kinds, return_dtype=pl.String
+            ),
+            last_interaction_member_id=(best % (1 << bits)).replace_strict(
+                range(len(member_ids)), member_ids, return_dtype=pl.String
+            ),
+        ).drop("_last_row")
+
+    return [pl.when(past).then(packed).max().alias("_last_row")], unpacked
 
 
 def activity_table(ids: pl.LazyFrame, key: str, activity: pl.LazyFrame) -> pl.LazyFrame:

@@ -18,7 +18,7 @@ import polars as pl
 import pyarrow as pa
 
 from connectors import lake
-from transforms.addresses import domain_table, normalise_addresses
+from transforms.addresses import domain_table, normalise_addresses, repeated
 from transforms.current import current_messages, current_participants, latest_versions
 from transforms.events import (
     EVENTS_SCHEMA,
@@ -555,7 +555,7 @@ def interaction_rows(
 
     mail, per_message = mail_rows(visible, vparts, keys, frames.accounts)
     meet = meetings.with_columns(_key_hash=interaction_key_hash()).collect()
-    repeat = pl.concat([mail["_key_hash"], meet["_key_hash"]]).is_duplicated()
+    repeat = repeated(pl.concat([mail["_key_hash"], meet["_key_hash"]]))
     # Mail rows ordered as [people | contacts | repeated keys], so the per-message strings
     # are gathered once, in that order, and each part is a zero-copy slice.
     contact, mail_repeat = mail["_contact"], repeat.head(mail.height)
@@ -568,11 +568,11 @@ def interaction_rows(
         how="horizontal",
     )
     meet_repeat = repeat.tail(meet.height)
-    repeated = pl.concat(
+    repeated_rows = pl.concat(
         [wide.slice(sizes[0] + sizes[1]), meet.filter(meet_repeat)], how="diagonal_relaxed"
     )
     cols = list(INTERACTIONS_SCHEMA)
-    merged = merged_repeats(repeated.lazy(), [*cols, "_contact"]).collect()
+    merged = merged_repeats(repeated_rows.lazy(), [*cols, "_contact"]).collect()
     small = pl.concat([meet.filter(~meet_repeat), merged], how="diagonal_relaxed")
     halves = []
     for is_contact, mail_part in (

@@ -290,11 +290,36 @@ def test_last_kind_and_member_equal_a_sort_of_the_past_rows(rows):
         orient="row",
     )
     past = pl.col("at") <= as_of
-    kind, member = last_kind_and_member(frame.lazy(), past)
-    got = frame.group_by("person_id").agg(kind=kind, member=member)
+    last_row, with_last_row = last_kind_and_member(frame.lazy(), past)
+    got = (
+        with_last_row(frame.lazy().group_by("person_id").agg(*last_row))
+        .select("person_id", kind="last_interaction_kind", member="last_interaction_member_id")
+        .collect()
+    )
     latest = [pl.col(c).filter(past) for c in ("at", "kind", "member_id")]
     expected = frame.group_by("person_id").agg(
         kind=pl.col("kind").filter(past).sort_by(latest).last(),
         member=pl.col("member_id").filter(past).sort_by(latest).last(),
     )
     assert canonical(got).equals(canonical(expected))
+
+
+@settings(max_examples=80, deadline=None)
+@given(values=st.lists(st.one_of(st.none(), st.integers(0, 6), st.just(2**64 - 1)), max_size=30))
+def test_repeated_marks_exactly_what_is_duplicated_marks(values):
+    series = pl.Series("h", values, dtype=pl.UInt64)
+    assert addresses.repeated(series).to_list() == series.is_duplicated().to_list()
+
+
+@settings(max_examples=60, deadline=None)
+@given(keys=st.lists(st.one_of(st.none(), st.sampled_from(["a:1", "a:2", "b:1", "", "A:1"]))))
+def test_the_gate_finds_every_null_or_repeated_id_and_nothing_else(keys):
+    from expectations.suites import null_or_repeated
+
+    frame = pl.DataFrame({"message_key": keys}, schema={"message_key": pl.String})
+    key = pl.col("message_key")
+    expected = frame.filter(key.is_null() | key.is_duplicated())
+    got = null_or_repeated(frame.lazy(), "message_key").collect()
+    assert sorted(got["message_key"].to_list(), key=str) == sorted(
+        expected["message_key"].to_list(), key=str
+    )
