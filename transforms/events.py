@@ -52,10 +52,13 @@ def events_table(events: pl.DataFrame, attendees: pl.DataFrame) -> pl.DataFrame:
         .group_by("account_id", "event_id")
         .agg(organizer_email=pl.col("addr").first())
     )
+    # Sorted once, not group by group: a group keeps its rows' order.
     guests = (
         people.filter(pl.col("role") == "attendee")
+        .select("account_id", "event_id", "addr")
+        .sort("addr")
         .group_by("account_id", "event_id")
-        .agg(attendee_emails=pl.col("addr").sort())
+        .agg(attendee_emails="addr")
     )
     return (
         events.join(organizer, on=["account_id", "event_id"], how="left")

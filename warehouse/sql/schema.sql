@@ -82,7 +82,8 @@ CREATE TABLE messages (
     key_hash       UBIGINT NOT NULL
 );
 
--- Per-message facts the privacy macro needs but analysts rarely do.
+-- Per-message facts the privacy macro needs but analysts rarely do: a row for each
+-- message with a flag set (internal-only mail), none for the rest.
 CREATE TABLE message_flags (
     message_key   VARCHAR,
     internal_only BOOLEAN NOT NULL
