@@ -44,25 +44,33 @@ def event_source_key() -> pl.Expr:
     )
 
 
+def event_key(events: pl.LazyFrame, attendees: pl.LazyFrame) -> list[str]:
+    """How attendees find their event: `_mid` (the event's row, see read_events) when both
+    carry it, one integer rather than two strings to group and join on."""
+    names = set(events.collect_schema().names()) & set(attendees.collect_schema().names())
+    return ["_mid"] if "_mid" in names else ["account_id", "event_id"]
+
+
 def events_table(events: pl.DataFrame, attendees: pl.DataFrame) -> pl.DataFrame:
     """The contract `events` table: visible copies, one row per account and occurrence."""
+    key = event_key(events.lazy(), attendees.lazy())
     people = attendees.with_columns(addr=pl.coalesce("email", pl.col("address").str.to_lowercase()))
     organizer = (
         people.filter(pl.col("role") == "organizer")
-        .group_by("account_id", "event_id")
+        .group_by(key)
         .agg(organizer_email=pl.col("addr").first())
     )
     # Sorted once, not group by group: a group keeps its rows' order.
     guests = (
         people.filter(pl.col("role") == "attendee")
-        .select("account_id", "event_id", "addr")
+        .select(*key, "addr")
         .sort("addr")
-        .group_by("account_id", "event_id")
+        .group_by(key)
         .agg(attendee_emails="addr")
     )
     return (
-        events.join(organizer, on=["account_id", "event_id"], how="left")
-        .join(guests, on=["account_id", "event_id"], how="left")
+        events.join(organizer, on=key, how="left")
+        .join(guests, on=key, how="left")
         .select(
             event_key=pl.concat_str(["account_id", "event_id"], separator=":"),
             account_id="account_id",
@@ -100,14 +108,14 @@ def meeting_interactions(
     accounts: pl.DataFrame,
 ) -> pl.LazyFrame:
     """One row per (member, person, meeting); weight 1/sqrt(other attendees)."""
+    key = event_key(events, attendees)
     size = (
         attendees.filter(~pl.col("resource"))
-        .group_by("account_id", "event_id")
+        .group_by(key)
         .agg(n_people=pl.col("address").n_unique())
     )
-    ev = events.join(size, on=["account_id", "event_id"], how="left").select(
-        "account_id",
-        "event_id",
+    ev = events.join(size, on=key, how="left").select(
+        *key,
         at="starts_at",
         source_key=event_source_key(),
         weight=1.0 / (pl.col("n_people").fill_null(2).cast(pl.Float64) - 1.0).clip(1.0).sqrt(),
@@ -119,8 +127,8 @@ def meeting_interactions(
             & ~pl.col("resource")
             & (pl.col("response_status").fill_null("") != "declined")
         )
-        .select("account_id", "event_id", "canonical_key")
-        .join(ev, on=["account_id", "event_id"], how="inner")
+        .select(*dict.fromkeys(["account_id", *key]), "canonical_key")
+        .join(ev, on=key, how="inner")
         .join(person_keys, on="canonical_key", how="inner")
         .join(accounts.lazy().select("account_id", "member_id"), on="account_id", how="inner")
         .select(

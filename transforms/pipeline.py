@@ -183,6 +183,7 @@ def state_tables(
 ATTENDEES_SCHEMA = pl.Schema(
     {
         **pl.from_arrow(lake.TABLES["attendees"].empty_table()).schema,
+        "_mid": pl.UInt32,  # the row of its event among the events read
         "email": pl.String,
         "domain": pl.String,
         "registrable_domain": pl.String,
@@ -202,9 +203,11 @@ def read_events(
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """-> (visible current events, blocked markers, attendees of the visible ones)."""
     if not event_files and not attendee_files:  # most incremental runs: skip the pipeline
-        events = current_events(scan_files([], "events")).collect()
+        events = current_events(scan_files([], "events")).collect().with_row_index("_mid")
         return events, events, pl.DataFrame(schema=ATTENDEES_SCHEMA)
-    raw_events = current_events(scan_files(event_files, "events")).collect()
+    # `_mid` (a row number) lets attendees find their event by a hash of the key, and the
+    # meetings group and join on it, not on two strings.
+    raw_events = current_events(scan_files(event_files, "events")).collect().with_row_index("_mid")
     att = attendees_of(
         scan_files(attendee_files, "attendees"),
         raw_events.lazy(),
@@ -213,9 +216,7 @@ def read_events(
     ).collect()
     blocked_events = raw_events.filter(pl.col("blocked"))
     events = raw_events.filter(~pl.col("blocked"))
-    att = att.join(
-        blocked_events.select("account_id", "event_id"), on=["account_id", "event_id"], how="anti"
-    )
+    att = att.join(blocked_events.select("_mid"), on="_mid", how="anti")
     return events, blocked_events, att
 
 
@@ -628,22 +629,31 @@ def message_flags_table(
     hides from other members); mail that left the team has no row. (At a million
     messages 8% are internal: a table of all of them cost 0.14 s more to publish.)
 
-    Membership tests on `_mid` integers rather than a group-by over every participant.
+    Marks indexed by `_mid` (small dense integers) rather than a group-by over every
+    participant, or membership tests against millions of ids (0.22 s at 1M).
     `message_keys`, when given, are the keys of `visible` in its order (already built
     for the messages table).
     """
+    mids = visible["_mid"]
+    n = int(max(mids.max() or 0, vparts["_mid"].max() or 0)) + 1  # type: ignore[arg-type]
+
+    def marked(rows: pl.Series) -> pl.Series:
+        """True at each `_mid` that has a row."""
+        return pl.repeat(False, n, eager=True).scatter(rows, True).gather(mids)
+
     # An unparseable address can't prove the mail left the team: treat it as internal.
-    external = vparts.filter(pl.col("valid") & ~pl.col("internal"))["_mid"]
-    return (
-        visible.select(
-            message_key=pl.concat_str(["account_id", "message_id"], separator=":")
-            if message_keys is None
-            else pl.lit(message_keys),
-            internal_only=~pl.col("_mid").is_in(external.implode()),
-            _has_participants=pl.col("_mid").is_in(vparts["_mid"].implode()),
-        )
-        .filter(pl.col("_has_participants") & pl.col("internal_only"))
-        .drop("_has_participants")
+    external = vparts.select(pl.col("_mid").filter(pl.col("valid") & ~pl.col("internal")))
+    internal_only = marked(vparts["_mid"]) & ~marked(external["_mid"])
+    keys = (
+        visible.select(pl.concat_str(["account_id", "message_id"], separator=":")).to_series()
+        if message_keys is None
+        else message_keys
+    )
+    return pl.DataFrame(
+        {
+            "message_key": keys.filter(internal_only),
+            "internal_only": internal_only.filter(internal_only),
+        }
     )
 
 

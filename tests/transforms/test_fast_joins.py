@@ -341,3 +341,28 @@ def test_shown_addresses_are_the_email_else_the_address_lower_cased(rows):
     parts = pl.DataFrame(rows, schema={"email": pl.String, "address": pl.String}, orient="row")
     expected = parts.select(pl.coalesce("email", pl.col("address").str.to_lowercase()))
     assert shown_addresses(parts).to_list() == expected.to_series().to_list()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    parts=st.lists(st.tuples(st.integers(0, 6), st.booleans(), st.booleans()), max_size=25),
+    visible=st.sets(st.integers(0, 6)),
+)
+def test_message_flags_mark_the_mail_whose_every_participant_is_internal(parts, visible):
+    from transforms.pipeline import message_flags_table
+
+    vparts = pl.DataFrame(
+        parts, schema={"_mid": pl.UInt32, "valid": pl.Boolean, "internal": pl.Boolean}, orient="row"
+    )
+    msgs = pl.DataFrame({"_mid": sorted(visible)}, schema={"_mid": pl.UInt32}).with_columns(
+        account_id=pl.lit("acc"), message_id=pl.col("_mid").cast(pl.String)
+    )
+    expected = {
+        f"acc:{m}"
+        for m in visible
+        if any(p[0] == m for p in parts)
+        and all(not valid or internal for mid, valid, internal in parts if mid == m)
+    }
+    flags = message_flags_table(msgs, vparts)
+    assert set(flags["message_key"]) == expected
+    assert flags["internal_only"].all()

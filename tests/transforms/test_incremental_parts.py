@@ -93,7 +93,7 @@ def test_a_run_without_event_files_reads_the_same_empty_frames_as_the_pipeline()
     from transforms.pipeline import current_participants, read_events, scan_files
     from transforms.rules import with_internal_flag
 
-    raw = current_events(scan_files([], "events")).collect()
+    raw = current_events(scan_files([], "events")).collect().with_row_index("_mid")
     att = current_participants(
         scan_files([], "attendees").rename({"event_id": "message_id"}),
         raw.lazy().rename({"event_id": "message_id"}),
