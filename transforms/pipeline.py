@@ -39,6 +39,7 @@ from transforms.metrics import (
     merged_repeats,
     person_activity,
     person_connection_sums,
+    with_message_columns,
 )
 from transforms.records import (
     address_keys,
@@ -402,13 +403,13 @@ def last_used_by_address(visible: pl.LazyFrame, vparts: pl.LazyFrame) -> pl.Lazy
     member's own address is on most mail, and deleting mail would mean finding its last
     use again among all of it."""
     key = message_key(visible, vparts)
-    return (
-        vparts.filter(~pl.col("internal"))
-        .select(*key, "email")
-        .join(visible.select(*key, "sent_at"), on=key)
-        .group_by("email")
-        .agg(last_used_at=pl.max("sent_at"))
-    )
+    rows = vparts.filter(~pl.col("internal")).select(*key, "email")
+    if key == ["_mid"]:  # the send time found by position (with_message_columns)
+        sent = visible.select("_mid", "sent_at").collect()
+        rows = with_message_columns(rows.collect(), sent).lazy()
+    else:
+        rows = rows.join(visible.select(*key, "sent_at"), on=key)
+    return rows.group_by("email").agg(last_used_at=pl.max("sent_at"))
 
 
 def domain_info_for(people: pl.DataFrame, extra_free_mail: list[str]) -> pl.DataFrame:
