@@ -217,7 +217,8 @@ def read_events(
     ).collect()
     blocked_events = raw_events.filter(pl.col("blocked"))
     events = raw_events.filter(~pl.col("blocked"))
-    att = att.join(blocked_events.select("_mid"), on="_mid", how="anti")
+    if blocked_events.height:  # (an anti-join copies every attendee row even when empty)
+        att = att.join(blocked_events.select("_mid"), on="_mid", how="anti")
     return events, blocked_events, att
 
 
