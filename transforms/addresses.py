@@ -169,6 +169,18 @@ def normalise_addresses(lf: pl.LazyFrame, column: str = "address") -> pl.LazyFra
     return out.with_columns(pl.col("valid").fill_null(False)).lazy()
 
 
+def shown_addresses(parts: pl.DataFrame) -> pl.Series:
+    """Each participant's normalised address, or where it has none (an address that does
+    not parse) the address as landed, lower-cased. Only those few are lower-cased: all
+    3.9M addresses of a million messages took 0.08 s."""
+    email = parts["email"]
+    raw = email.is_null() & parts["address"].is_not_null()
+    if not raw.any():
+        return email
+    rows = pl.arg_where(raw, eager=True)
+    return email.scatter(rows, parts["address"].gather(rows).str.to_lowercase())
+
+
 def may_normalise_into(domains: list[str], column: str = "address") -> pl.Expr:
     """True for every raw address that can normalise to an address at one of `domains`
     (normalised domains), and for few others: a cheap superset over millions of rows.

@@ -11,8 +11,9 @@ from datetime import datetime
 
 import polars as pl
 
+from transforms.addresses import shown_addresses
 from transforms.current import latest_versions
-from transforms.rules import is_automated_address
+from transforms.rules import is_automated_address, message_key
 
 EVENTS_SCHEMA = {
     "event_key": pl.String,
@@ -44,17 +45,10 @@ def event_source_key() -> pl.Expr:
     )
 
 
-def event_key(events: pl.LazyFrame, attendees: pl.LazyFrame) -> list[str]:
-    """How attendees find their event: `_mid` (the event's row, see read_events) when both
-    carry it, one integer rather than two strings to group and join on."""
-    names = set(events.collect_schema().names()) & set(attendees.collect_schema().names())
-    return ["_mid"] if "_mid" in names else ["account_id", "event_id"]
-
-
 def events_table(events: pl.DataFrame, attendees: pl.DataFrame) -> pl.DataFrame:
     """The contract `events` table: visible copies, one row per account and occurrence."""
-    key = event_key(events.lazy(), attendees.lazy())
-    people = attendees.with_columns(addr=pl.coalesce("email", pl.col("address").str.to_lowercase()))
+    key = message_key(events.lazy(), attendees.lazy(), "event_id")  # (`_mid`: read_events)
+    people = attendees.with_columns(addr=shown_addresses(attendees))
     organizer = (
         people.filter(pl.col("role") == "organizer")
         .group_by(key)
@@ -108,7 +102,7 @@ def meeting_interactions(
     accounts: pl.DataFrame,
 ) -> pl.LazyFrame:
     """One row per (member, person, meeting); weight 1/sqrt(other attendees)."""
-    key = event_key(events, attendees)
+    key = message_key(events, attendees, "event_id")
     size = (
         attendees.filter(~pl.col("resource"))
         .group_by(key)

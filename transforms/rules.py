@@ -71,12 +71,15 @@ def split_blocked(
     return visible, visible_parts, blocked_threads
 
 
-def message_key(messages: pl.LazyFrame, participants: pl.LazyFrame) -> list[str]:
-    """Join messages and participants on the integer `_mid` when both carry it."""
+def message_key(
+    messages: pl.LazyFrame, participants: pl.LazyFrame, id_column: str = "message_id"
+) -> list[str]:
+    """Join messages and participants (or events and attendees, `id_column` "event_id")
+    on the integer `_mid` when both carry it."""
     both = "_mid" in messages.collect_schema().names() and (
         "_mid" in participants.collect_schema().names()
     )
-    return ["_mid"] if both else ["account_id", "message_id"]
+    return ["_mid"] if both else ["account_id", id_column]
 
 
 def with_direction(

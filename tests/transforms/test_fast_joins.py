@@ -336,7 +336,7 @@ def test_the_gate_finds_every_null_or_repeated_id_and_nothing_else(keys):
     )
 )
 def test_shown_addresses_are_the_email_else_the_address_lower_cased(rows):
-    from transforms.pipeline import shown_addresses
+    from transforms.addresses import shown_addresses
 
     parts = pl.DataFrame(rows, schema={"email": pl.String, "address": pl.String}, orient="row")
     expected = parts.select(pl.coalesce("email", pl.col("address").str.to_lowercase()))
