@@ -19,7 +19,7 @@ from transforms.addresses import (
     normalise_address,
     normalise_addresses,
 )
-from transforms.current import with_message_row
+from transforms.current import _message_rows_in_order, with_message_row
 from transforms.metrics import with_message_columns
 from transforms.pipeline import lists_by_row, row_offsets
 
@@ -90,6 +90,34 @@ def test_participants_get_their_current_messages_row_exactly(rows, versions):
     parts, msgs = participants_frame(rows), messages_frame(versions)
     got = with_message_row(parts, msgs)
     assert canonical(got).equals(canonical(exact_message_rows(parts, msgs)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    versions=message_versions,
+    per_message=st.lists(st.integers(0, 3), min_size=12, max_size=12),
+    stale=st.booleans(),
+)
+def test_participants_landed_in_message_order_get_the_same_rows(versions, per_message, stale):
+    """A lake batch lands each message's participants together, in message order: the
+    in-order path must give the join's answer, and fall back when the order breaks (a
+    message without participants, a superseded version's rows)."""
+    msgs = messages_frame(versions)
+    rows = [
+        (acc, mid, v, "to", f"{mid}.{i}@x.com")
+        for (acc, mid, v), n in zip(
+            msgs.select("account_id", "message_id", "version").rows(), per_message, strict=False
+        )
+        for i in range(n)
+    ]
+    if stale and rows:
+        rows.append((rows[0][0], rows[0][1], rows[0][2] + 7, "to", "old@x.com"))
+    parts = participants_frame(rows)
+    got = with_message_row(parts, msgs)
+    assert canonical(got).equals(canonical(exact_message_rows(parts, msgs)))
+    in_order = all(per_message[: msgs.height]) and not (stale and rows)
+    cols = ["account_id", "message_id", "version"]
+    assert (_message_rows_in_order(parts, msgs, cols) is not None) == in_order
 
 
 def always_colliding(real):
