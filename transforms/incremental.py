@@ -100,25 +100,24 @@ class Fallback(Exception):
 class Previous:
     """The last published run's state, read from the warehouse.
 
-    `tables` may still be loading (a Future): the build reads the delta meanwhile, and
-    the first use of a table waits for them.
+    Each of `tables` may still be loading (a Future): the build reads the delta
+    meanwhile, and the first use of a table waits for that table alone.
     """
 
     as_of: datetime
     fingerprint: str
     published_messages: int
-    tables: dict[str, pl.DataFrame] | Future[dict[str, pl.DataFrame]]
+    tables: dict[str, pl.DataFrame | Future[pl.DataFrame]]
 
     def _table(self, name: str) -> pl.DataFrame:
-        tables = self.tables
-        if isinstance(tables, Future):
-            tables = self.tables = tables.result()
-        return tables[name]
+        table = self.tables[name]
+        if isinstance(table, Future):
+            table = self.tables[name] = table.result()
+        return table
 
     def settle(self) -> None:
         """Wait until the tables are read (or failed to be), e.g. before closing their file."""
-        if isinstance(self.tables, Future):
-            wait([self.tables])
+        wait([t for t in self.tables.values() if isinstance(t, Future)])
 
     people = property(lambda self: self._table("people"))
     companies = property(lambda self: self._table("companies"))
@@ -138,20 +137,21 @@ class Previous:
     )
 
 
-# The tables of the build state `Previous` reads.
+# The tables of the build state `Previous` reads, in the order the build first uses them
+# (they are read in this order while it reads the delta).
 PREVIOUS_TABLES = (
+    "_rapport_blocked_threads",
+    "_rapport_name_counts",
     "people",
-    "companies",
+    "_rapport_address_keys",
     "person_merges",
+    "_rapport_person_keys",
+    "_rapport_name_parts",
+    "_rapport_last_used",
+    "companies",
+    "_rapport_connection_sums",
     "_rapport_person_activity",
     "_rapport_company_activity",
-    "_rapport_name_counts",
-    "_rapport_last_used",
-    "_rapport_blocked_threads",
-    "_rapport_connection_sums",
-    "_rapport_name_parts",
-    "_rapport_address_keys",
-    "_rapport_person_keys",
 )
 
 

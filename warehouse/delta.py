@@ -99,17 +99,26 @@ def read_state(con: duckdb.DuckDBPyConnection) -> tuple[Previous, set[str]] | No
     files = {r[0] for r in con.execute("SELECT path FROM _rapport_lake_files").fetchall()}
     published = con.execute("SELECT count(*) FROM messages").fetchall()[0][0]
 
-    def read_tables(cur: duckdb.DuckDBPyConnection) -> dict[str, pl.DataFrame]:
-        try:  # our own table names
-            return {name: _utc(cur.sql(f'SELECT * FROM "{name}"').pl()) for name in PREVIOUS_TABLES}
+    loading: dict[str, Future[pl.DataFrame]] = {name: Future() for name in PREVIOUS_TABLES}
+
+    def read_tables(cur: duckdb.DuckDBPyConnection) -> None:
+        try:  # one at a time, in the order the build needs them; our own table names
+            for name in PREVIOUS_TABLES:
+                try:
+                    loading[name].set_result(_utc(cur.sql(f'SELECT * FROM "{name}"').pl()))
+                except BaseException as exc:
+                    for waiting in loading.values():
+                        if not waiting.done():
+                            waiting.set_exception(exc)
+                    raise
         finally:
             cur.close()
 
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-state")
-    loading = reader.submit(read_tables, con.cursor())
+    reader.submit(read_tables, con.cursor())
     reader.shutdown(wait=False)
     as_of, fp = build[0]
-    return Previous(as_of, fp, published, loading), files
+    return Previous(as_of, fp, published, dict(loading)), files
 
 
 # The few interactions matching `where`: their row ids first, from the filter columns
