@@ -657,6 +657,7 @@ def _stage_delta(
         )
         known = {t: [f for f in files if ids[f] in seen] for t, files in current.items()}
         staged = build_delta(frames, previous, new, DuckLookup(live), writer, known)
+        previous.settle()  # (every table is read by now; the reader must be off `live`)
         threading.Thread(target=live.close).start()  # (0.015 s at 1M: off the run's path)
         return _DeltaRun(staged, writer)
     except Fallback as why:
