@@ -6,6 +6,7 @@ build_and_publish(): lake -> transforms -> quality gate -> atomic publish.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -521,13 +522,14 @@ def build_and_publish(
     if validate:
         t0 = time.perf_counter()
         internal, _ = frames.internal
-        gate = run_gate(
-            gate_tables,
-            normalise_blocklist(frames.blocklist),
-            internal,
-            as_of,
-            prepared.result() if prepared is not None else None,
-        )
+        with small_queries() if mode == "incremental" else contextlib.nullcontext():
+            gate = run_gate(
+                gate_tables,
+                normalise_blocklist(frames.blocklist),
+                internal,
+                as_of,
+                prepared.result() if prepared is not None else None,
+            )
         timings["validate_s"] = round(time.perf_counter() - t0, 3)
         gate_summary = gate.results
         if not gate.success:
@@ -656,7 +658,8 @@ def _stage_delta(
             {"_rapport_lake_files": pl.DataFrame({"path": new_ids}, {"path": pl.String})}, {}
         )
         known = {t: [f for f in files if ids[f] in seen] for t, files in current.items()}
-        staged = build_delta(frames, previous, new, DuckLookup(live), writer, known)
+        with small_queries():
+            staged = build_delta(frames, previous, new, DuckLookup(live), writer, known)
         previous.settle()  # (every table is read by now; the reader must be off `live`)
         threading.Thread(target=live.close).start()  # (0.015 s at 1M: off the run's path)
         return _DeltaRun(staged, writer)
@@ -670,6 +673,14 @@ def _stage_delta(
     live.close()
     writer.discard()
     return reason
+
+
+def small_queries() -> contextlib.AbstractContextManager[Any]:
+    """Polars' in-memory engine for a run of many small queries (an incremental build
+    makes ~720, median 0.1 ms): its default, the streaming engine, costs more to start per
+    query (new-mail run at 1M 0.52/0.45 s -> 0.47/0.44 s, medians of 5), while it is the
+    faster one on the full build's millions of rows (in-memory: +0.2-0.4 s, +0.2 GiB)."""
+    return pl.Config(engine_affinity="in-memory")
 
 
 def workspace_tables(ws: Workspace) -> dict[str, pl.DataFrame]:
