@@ -235,10 +235,10 @@ def split_names(names: pl.Series, known: pl.DataFrame | None = None) -> pl.DataF
         first_name=pl.col("display_name").str.split(" ").list.first(),
         last_name=pl.col("display_name").str.split(" ").list.last(),
     )
-    comma = _plain_comma_names(distinct.filter(~plain))
+    rest = distinct.filter(~plain)
+    comma = _plain_comma_names(rest)
     rows = []
-    hard_names = distinct.filter(~plain & ~distinct.is_in(comma["display_name"].implode()))
-    for full in hard_names.to_list():
+    for full in rest.filter(~rest.is_in(comma["display_name"].implode())).to_list():
         parsed = HumanName(full)
         first = parsed.first or None
         last = parsed.last or None
