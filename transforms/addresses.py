@@ -141,8 +141,25 @@ def key_hash(columns: list[str], seed: int) -> pl.Expr:
     return combined
 
 
-def normalise_addresses(lf: pl.LazyFrame, column: str = "address") -> pl.LazyFrame:
+def internal_flag(internal_addresses: list[str], internal_domains: list[str]) -> pl.Expr:
+    """True for a member's address or an address on the workspace's own domains (over
+    the columns `email` and `registrable_domain`)."""
+    return (
+        pl.col("email").is_in(internal_addresses)
+        | pl.col("registrable_domain").is_in(internal_domains)
+    ).fill_null(False)
+
+
+def normalise_addresses(
+    lf: pl.LazyFrame,
+    column: str = "address",
+    internal: tuple[list[str], list[str]] | None = None,
+    columns: list[str] | None = None,
+) -> pl.LazyFrame:
     """Add email (normalised), domain, registrable_domain, is_free_mail, canonical_key, valid.
+
+    `internal`: (member addresses, own domains) also adds `internal` (internal_flag).
+    `columns`: only these of the added columns (the rest are never copied onto the rows).
 
     Invalid addresses keep their row with `valid = false` and null derived columns,
     so they can be counted and reported but never become records. The string work runs
@@ -154,7 +171,15 @@ def normalise_addresses(lf: pl.LazyFrame, column: str = "address") -> pl.LazyFra
     hashes = rows.select(_h=key_hash([column], 31), _check=key_hash([column], 47))
     firsts = hashes.with_row_index("_row").unique("_h", keep="any")["_row"]
     distinct = rows.select(pl.col(column).gather(firsts)).drop_nulls()
-    table = address_table(distinct.lazy(), column).collect().rechunk()
+
+    def attributes(distinct: pl.DataFrame) -> pl.DataFrame:
+        table = address_table(distinct.lazy(), column)
+        if internal is not None:  # per distinct address, not per row
+            table = table.with_columns(internal=internal_flag(*internal))
+        return table.collect().rechunk()
+
+    table = attributes(distinct)
+    added = columns or [c for c in table.columns if c != column]
     keyed = table.select(
         _h=key_hash([column], 31), _check_table=key_hash([column], 47)
     ).with_row_index("_aid")
@@ -163,10 +188,13 @@ def normalise_addresses(lf: pl.LazyFrame, column: str = "address") -> pl.LazyFra
     found = hashes.join(keyed, on="_h", how="left", maintain_order="left")
     if (found["_check"] != found["_check_table"]).any():  # a collision: the exact way
         distinct = rows.select(pl.col(column).unique().drop_nulls())
-        out = rows.join(address_table(distinct.lazy(), column).collect(), on=column, how="left")
+        table = attributes(distinct).select(column, *added)
+        out = rows.join(table, on=column, how="left")
     else:
-        out = rows.with_columns(table.drop(column).select(pl.all().gather(found["_aid"])))
-    return out.with_columns(pl.col("valid").fill_null(False)).lazy()
+        out = rows.with_columns(table.select(pl.col(added).gather(found["_aid"])))
+    # (rows without an address found no row: not valid, not internal)
+    flags = [c for c in ("valid", "internal") if c in added]
+    return out.with_columns(pl.col(flags).fill_null(False)).lazy()
 
 
 def shown_addresses(parts: pl.DataFrame) -> pl.Series:

@@ -46,8 +46,14 @@ def current_messages(raw_messages: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def current_participants(raw_participants: pl.LazyFrame, messages: pl.LazyFrame) -> pl.LazyFrame:
-    """Participants of exactly the surviving version of each message, normalised.
+def current_participants(
+    raw_participants: pl.LazyFrame,
+    messages: pl.LazyFrame,
+    internal: tuple[list[str], list[str]] | None = None,
+    columns: list[str] | None = None,
+) -> pl.LazyFrame:
+    """Participants of exactly the surviving version of each message, normalised
+    (`internal`, `columns`: as normalise_addresses).
 
     When `messages` carries a `_mid` row number it is attached to each participant, so
     later group-bys and joins can use one integer instead of two strings.
@@ -55,9 +61,9 @@ def current_participants(raw_participants: pl.LazyFrame, messages: pl.LazyFrame)
     cols = ["account_id", "message_id", "version"]
     if "_mid" not in messages.collect_schema().names():
         parts = raw_participants.join(messages.select(cols), on=cols, how="semi")
-        return normalise_addresses(parts, "address")
-    parts = with_message_row(raw_participants.collect(), messages.collect())
-    return normalise_addresses(parts.lazy(), "address")
+    else:
+        parts = with_message_row(raw_participants.collect(), messages.collect()).lazy()
+    return normalise_addresses(parts, "address", internal, columns)
 
 
 def with_message_row(parts: pl.DataFrame, messages: pl.DataFrame) -> pl.DataFrame:

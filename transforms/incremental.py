@@ -56,6 +56,7 @@ from transforms.metrics import (
 from transforms.pipeline import (
     LAKE_TABLES,
     NAME_SOURCE,
+    PARTICIPANT_ADDRESS_COLUMNS,
     Laps,
     WorkspaceFrames,
     attendees_of,
@@ -83,7 +84,7 @@ from transforms.records import (
     settle_survivors,
     touched_people,
 )
-from transforms.rules import split_blocked, with_direction, with_internal_flag
+from transforms.rules import split_blocked, with_direction
 
 # Bump when the meaning of the kept state changes: older warehouses then rebuild in full.
 STATE_VERSION = "7"
@@ -492,9 +493,8 @@ def removed_mail(
     if msgs.height != gone.height:
         raise Fallback("deleted mail is missing from the lake")
     msgs = msgs.with_row_index("_mid")
-    internal_addresses, internal_domains = frames.internal
-    parts = with_internal_flag(
-        current_participants(raw_parts.lazy(), msgs.lazy()), internal_addresses, internal_domains
+    parts = current_participants(
+        raw_parts.lazy(), msgs.lazy(), frames.internal, PARTICIPANT_ADDRESS_COLUMNS
     ).collect()
     sources = mail_sources(msgs, frames.accounts)
     rfc_ids = msgs["rfc_message_id"].drop_nulls().unique()
@@ -659,8 +659,10 @@ def _build_delta(
     def with_participants(msgs: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         msgs = msgs.with_row_index("_mid")
         parts = scan_files(new_files["participants"], "participants")
-        parts = current_participants(parts, msgs.lazy())
-        return msgs, with_internal_flag(parts, internal_addresses, internal_domains).collect()
+        parts = current_participants(
+            parts, msgs.lazy(), (internal_addresses, internal_domains), PARTICIPANT_ADDRESS_COLUMNS
+        )
+        return msgs, parts.collect()
 
     msgs, parts = with_participants(msgs)
 

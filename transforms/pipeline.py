@@ -56,6 +56,12 @@ from transforms.records import (
 from transforms.rules import message_key, split_blocked, with_direction, with_internal_flag
 
 TS = pl.Datetime("us", "UTC")
+# Lake columns of mail no table or rule reads: not decoded (in_reply_to alone is ~35 MB
+# of strings at a million messages).
+MESSAGE_LAKE_COLUMNS_UNUSED = ["provider", "stream", "fetched_at", "in_reply_to"]
+# What mail participants keep of normalise_addresses: at a million messages each column
+# copied onto the 3.9M rows is ~60 MB (registrable domain and free-mail are per domain).
+PARTICIPANT_ADDRESS_COLUMNS = ["email", "domain", "canonical_key", "valid", "internal"]
 PARTICIPANT_COLUMNS_AFTER_RECORDS = [
     "_mid",
     "role",
@@ -279,14 +285,18 @@ def build(
     previous_merges: pl.DataFrame | None = None,
 ) -> Staged:
     lap = Laps()
-    internal_addresses, internal_domains = frames.internal
 
     # --- current state of the lake
     files = lake_files(lake_dir, frames)
-    raw_msgs = scan_files(files["messages"], "messages")
+    raw_msgs = scan_files(files["messages"], "messages").drop(MESSAGE_LAKE_COLUMNS_UNUSED)
     msgs = current_messages(raw_msgs).collect().with_row_index("_mid")
-    parts = current_participants(scan_files(files["participants"], "participants"), msgs.lazy())
-    parts = with_internal_flag(parts, internal_addresses, internal_domains).collect()
+    internal_addresses, internal_domains = frames.internal  # (a sync computes it meanwhile)
+    parts = current_participants(
+        scan_files(files["participants"], "participants"),
+        msgs.lazy(),
+        (internal_addresses, internal_domains),
+        PARTICIPANT_ADDRESS_COLUMNS,
+    ).collect()
     events, blocked_events, att = read_events(
         files["events"], files["attendees"], internal_addresses, internal_domains
     )

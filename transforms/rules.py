@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from transforms.addresses import domain_suffixes
+from transforms.addresses import domain_suffixes, internal_flag
 
 # Senders that are machines, not people (configurable through Settings).
 DEFAULT_AUTOMATED_LOCAL_PARTS = (
@@ -131,9 +131,4 @@ def is_automated_address(pattern: str = DEFAULT_AUTOMATED_LOCAL_PARTS) -> pl.Exp
 def with_internal_flag(
     participants: pl.LazyFrame, internal_addresses: list[str], internal_domains: list[str]
 ) -> pl.LazyFrame:
-    return participants.with_columns(
-        internal=(
-            pl.col("email").is_in(internal_addresses)
-            | pl.col("registrable_domain").is_in(internal_domains)
-        ).fill_null(False)
-    )
+    return participants.with_columns(internal=internal_flag(internal_addresses, internal_domains))

@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
 
 from transforms import addresses
 from transforms.addresses import (
@@ -22,6 +23,7 @@ from transforms.addresses import (
 from transforms.current import _message_rows_in_order, with_message_row
 from transforms.metrics import with_message_columns
 from transforms.pipeline import lists_by_row, row_offsets
+from transforms.rules import with_internal_flag
 
 ADDRESS_POOL = [
     "Ann@Example.com",
@@ -394,3 +396,40 @@ def test_message_flags_mark_the_mail_whose_every_participant_is_internal(parts, 
     flags = message_flags_table(msgs, vparts)
     assert set(flags["message_key"]) == expected
     assert flags["internal_only"].all()
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_the_internal_flag_per_distinct_address_equals_the_flag_per_row(monkeypatch, collide):
+    """normalise_addresses(internal=..., columns=...) flags each distinct address once;
+    the rows must get what with_internal_flag over every normalised row gives, and only
+    the columns asked for (also when the hash join falls back to the exact one)."""
+    addresses_in = [
+        "Ann@Acme.io",  # a member
+        "ann@acme.io",
+        "bob@sales.acme.io",  # the workspace's own domain, a subdomain
+        "carol@example.com",
+        "dave@gmail.com",
+        None,
+        "junk",
+        "eve@acme.io.evil.com",
+    ]
+    parts = participants_frame([("acc_a", "m1", 1, "to", a) for a in addresses_in])
+    if collide:
+        monkeypatch.setattr(addresses, "key_hash", always_colliding(addresses.key_hash))
+    internal = (["ann@acme.io"], ["acme.io"])
+    columns = ["email", "canonical_key", "valid", "internal"]
+    got = normalise_addresses(parts.lazy(), "address", internal, columns).collect()
+    assert got.columns == [*parts.columns, *columns]
+    by_address = dict(zip(got["address"], got["internal"], strict=True))
+    assert by_address == {
+        "Ann@Acme.io": True,
+        "ann@acme.io": True,
+        "bob@sales.acme.io": True,
+        "carol@example.com": False,
+        "dave@gmail.com": False,
+        None: False,
+        "junk": False,
+        "eve@acme.io.evil.com": False,
+    }
+    per_row = with_internal_flag(normalise_addresses(parts.lazy(), "address"), *internal)
+    assert_frame_equal(got, per_row.select(got.columns).collect(), check_row_order=not collide)
