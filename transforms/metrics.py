@@ -150,10 +150,11 @@ def mail_rows(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """email_interactions, kept narrow -> (rows, per-message columns).
 
-    Each row holds the person key's columns, its weight, `_at` (its message's row in the
-    per-message frame) and `_key_hash` (interaction_key_hash). The per-message strings
-    (member, account, kind, time, source) are gathered once, by whoever knows the final
-    order of the rows: at a million messages, one copy of the wide rows instead of four.
+    Each row holds `_k` (its row of `person_keys`), `_contact`, its weight, `_at` (its
+    message's row in the per-message frame) and `_key_hash` (interaction_key_hash). The
+    strings of the person (id, company) and of the message (member, account, kind, time,
+    source) are gathered once, by whoever knows the final order of the rows: at a
+    million messages, one copy of the wide rows instead of four.
     Needs `_mid` on both messages and participants.
     """
     # (one chunk: its columns are gathered for every row, see with_message_columns)
@@ -164,7 +165,12 @@ def mail_rows(
         _member_hash=pl.col("member_id").hash(11),
         _source_hash=pl.col("source_key").hash(13),
     )
-    keys = person_keys.with_columns(_person_hash=pl.col("person_id").hash(12))
+    keys = person_keys.select(
+        "canonical_key",
+        "_contact",
+        _k=pl.int_range(pl.len(), dtype=pl.UInt32),
+        _person_hash=pl.col("person_id").hash(12),
+    )
     rows = _mail_participants(
         participants.lazy().select("_mid", "role", "canonical_key", "valid", "internal"),
         keys.lazy(),

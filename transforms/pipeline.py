@@ -577,7 +577,11 @@ def interaction_rows(
     sizes = [p.len() for p in positions]
     ordered = mail.select(pl.all().gather(pl.concat(positions)))
     wide = pl.concat(
-        [ordered.drop("_at"), per_message.select(pl.all().gather(ordered["_at"]))],
+        [
+            ordered.drop("_at", "_k"),
+            keys.select(*PERSON_KEY_COLUMNS).rechunk().select(pl.all().gather(ordered["_k"])),
+            per_message.select(pl.all().gather(ordered["_at"])),
+        ],
         how="horizontal",
     )
     meet_repeat = repeat.tail(meet.height)
@@ -603,6 +607,10 @@ def interaction_rows(
             )
         )
     return finish_interactions(halves[0], halves[1])
+
+
+# What interaction rows take from their person key (mail rows carry the key's row).
+PERSON_KEY_COLUMNS = ["person_id", "company_id"]
 
 
 def finish_interactions(
