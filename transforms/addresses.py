@@ -159,7 +159,9 @@ def normalise_addresses(
     """Add email (normalised), domain, registrable_domain, is_free_mail, canonical_key, valid.
 
     `internal`: (member addresses, own domains) also adds `internal` (internal_flag).
-    `columns`: only these of the added columns (the rest are never copied onto the rows).
+    `columns`: only these of the added columns (the rest are never copied onto the rows);
+    "_aid" among them adds the row number of each row's address among the distinct ones
+    (null where there is none), for group-bys by address over integers.
 
     Invalid addresses keep their row with `valid = false` and null derived columns,
     so they can be counted and reported but never become records. The string work runs
@@ -178,17 +180,15 @@ def normalise_addresses(
             table = table.with_columns(internal=internal_flag(*internal))
         return table.collect().rechunk()
 
-    table = attributes(distinct)
-    added = columns or [c for c in table.columns if c != column]
-    keyed = table.select(
-        _h=key_hash([column], 31), _check_table=key_hash([column], 47)
-    ).with_row_index("_aid")
+    table = attributes(distinct).with_row_index("_aid")
+    added = columns or [c for c in table.columns if c not in (column, "_aid")]
+    keyed = table.select("_aid", _h=key_hash([column], 31), _check_table=key_hash([column], 47))
     # Narrow: only the row of each address is joined; the attributes are then gathered
     # from the (small, one-chunk) table, which keeps the rows in place.
     found = hashes.join(keyed, on="_h", how="left", maintain_order="left")
     if (found["_check"] != found["_check_table"]).any():  # a collision: the exact way
         distinct = rows.select(pl.col(column).unique().drop_nulls())
-        table = attributes(distinct).select(column, *added)
+        table = attributes(distinct).with_row_index("_aid").select(column, *added)
         out = rows.join(table, on=column, how="left")
     else:
         out = rows.with_columns(table.select(pl.col(added).gather(found["_aid"])))

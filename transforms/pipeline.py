@@ -42,12 +42,14 @@ from transforms.metrics import (
     with_message_columns,
 )
 from transforms.records import (
+    NAME_COUNT_COLUMNS,
     address_keys,
     build_companies,
     build_people,
     erc_off_intervals,
     link_people,
     name_counts,
+    name_counts_by_address,
     people_addresses,
     person_candidates,
     person_key_map,
@@ -295,7 +297,7 @@ def build(
         scan_files(files["participants"], "participants"),
         msgs.lazy(),
         (internal_addresses, internal_domains),
-        PARTICIPANT_ADDRESS_COLUMNS,
+        [*PARTICIPANT_ADDRESS_COLUMNS, "_aid"],  # (the address's number: name counts)
     ).collect()
     events, blocked_events, att = read_events(
         files["events"], files["attendees"], internal_addresses, internal_domains
@@ -327,8 +329,9 @@ def build(
     candidates = pl.concat(
         [candidates, attendee_candidates(events.lazy(), att.lazy(), frames.as_of)]
     )
+    mail_counts = name_counts_by_address(vparts).select(*NAME_COUNT_COLUMNS, "valid")
     counts = name_counts(
-        pl.concat([vparts.lazy().select(NAME_SOURCE), att.lazy().select(NAME_SOURCE)])
+        pl.concat([mail_counts.lazy(), name_counts(att.lazy().select(NAME_SOURCE))])
     ).collect()
     people, name_parts = build_people(candidates, counts.lazy(), previous_people)
 

@@ -270,6 +270,9 @@ def names_from_local_part(lf: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+NAME_COUNT_COLUMNS = ["canonical_key", "email", "name", "n"]
+
+
 def name_counts(participants: pl.LazyFrame) -> pl.LazyFrame:
     """Uses per (canonical key, address, display name) over valid rows.
 
@@ -286,8 +289,25 @@ def name_counts(participants: pl.LazyFrame) -> pl.LazyFrame:
             canonical_key=pl.col("canonical_key").first(),
             n=pl.sum("n").cast(pl.Int64) if counted else pl.len().cast(pl.Int64),
         )
-        .select("canonical_key", "email", "name", "n", valid=pl.lit(True))
+        .select(*NAME_COUNT_COLUMNS, valid=pl.lit(True))
     )
+
+
+def name_counts_by_address(participants: pl.DataFrame) -> pl.DataFrame:
+    """name_counts of participant rows that carry `_aid`, the number of their address
+    (normalise_addresses): grouped by that integer and the name rather than by two
+    strings, and the address's strings taken from one row of each group (at a million
+    messages 0.09 -> 0.05 s). Counted rows: name_counts sums addresses that normalise
+    alike."""
+    groups = (
+        participants.lazy()
+        .with_row_index("_row")
+        .group_by("_aid", "name")
+        .agg(n=pl.len().cast(pl.Int64), _row=pl.col("_row").first())
+        .collect()
+    )
+    firsts = participants.select("canonical_key", "email", "valid").gather(groups["_row"])
+    return pl.concat([firsts, groups.select("name", "n")], how="horizontal").filter("valid")
 
 
 def build_people(

@@ -22,7 +22,8 @@ from transforms.addresses import (
 )
 from transforms.current import _message_rows_in_order, with_message_row
 from transforms.metrics import with_message_columns
-from transforms.pipeline import lists_by_row, row_offsets
+from transforms.pipeline import NAME_SOURCE, lists_by_row, row_offsets
+from transforms.records import NAME_COUNT_COLUMNS, name_counts, name_counts_by_address
 from transforms.rules import with_internal_flag
 
 ADDRESS_POOL = [
@@ -433,3 +434,31 @@ def test_the_internal_flag_per_distinct_address_equals_the_flag_per_row(monkeypa
     }
     per_row = with_internal_flag(normalise_addresses(parts.lazy(), "address"), *internal)
     assert_frame_equal(got, per_row.select(got.columns).collect(), check_row_order=not collide)
+
+
+name_rows = st.lists(
+    st.tuples(
+        st.sampled_from(["Ann@Acme.io", "ann@acme.io", " ann@acme.io", "a.nn@gmail.com"])
+        | st.sampled_from(["ann@gmail.com", "bob@b.org", "junk", ""])
+        | st.none(),
+        st.sampled_from(["Ann", "Ann Lee", "  ", "bob@b.org"]) | st.none(),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(rows=name_rows)
+def test_name_counts_by_address_number_equal_name_counts_by_the_strings(rows):
+    """Grouping by the address's number, then summing addresses that normalise alike,
+    counts exactly what grouping by (address, name) strings does."""
+    parts = participants_frame([("acc_a", "m1", 1, "to", a) for a, _ in rows]).with_columns(
+        name=pl.Series([n for _, n in rows], dtype=pl.String)
+    )
+    columns = ["email", "canonical_key", "valid", "_aid"]
+    flagged = normalise_addresses(parts.lazy(), "address", columns=columns).collect()
+    by_strings = name_counts(flagged.lazy().select(NAME_SOURCE)).collect()
+    by_number = name_counts(
+        name_counts_by_address(flagged).select(*NAME_COUNT_COLUMNS, "valid").lazy()
+    ).collect()
+    assert_frame_equal(by_number, by_strings, check_row_order=False)
