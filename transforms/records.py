@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import polars as pl
 from nameparser import HumanName
 
-from transforms.metrics import with_message_columns
 from transforms.rules import is_automated_address, is_list_mail, message_key
 
 PERSON_ROLES_SENT = ("to", "cc")
@@ -98,35 +97,70 @@ def person_candidates(
     automated = (
         is_automated_address(automated_pattern) if automated_pattern else (is_automated_address())
     )
+    in_off = _in_off_intervals(erc_off)
+    if key == ["_mid"]:  # found by position, not by hashing
+        off = in_off if erc_off.height else None
+        return _candidates_by_position(participants, msgs.collect(), off, automated)
     # The pattern is matched once per distinct address, not once per participant row.
     machines = (
         participants.select(pl.col("email").drop_nulls().unique()).filter(automated).collect()
     )
     rows = participants.filter(
         pl.col("valid") & ~pl.col("internal") & ~pl.col("email").is_in(machines["email"].implode())
-    )
-    if key == ["_mid"]:  # found by position, not by hashing (see with_message_columns)
-        narrow = ["_mid", "role", "canonical_key", "email", "name", "account_id"]
-        # Left: rows of list mail keep a null direction, which the filters below drop.
-        rows = with_message_columns(rows.select(narrow).collect(), msgs.collect(), "left").lazy()
-    else:
-        rows = rows.join(msgs, on=key, how="inner")
+    ).join(msgs, on=key, how="inner")
     sent = rows.filter((pl.col("direction") == "sent") & pl.col("role").is_in(PERSON_ROLES_SENT))
     received = rows.filter(
-        (pl.col("direction") == "received") & pl.col("role").is_in(PERSON_ROLES_RECEIVED)
+        (pl.col("direction") == "received") & pl.col("role").is_in(PERSON_ROLES_RECEIVED) & in_off
     )
-    if erc_off.height:
-        in_off = pl.lit(False)
-        for row in erc_off.iter_rows(named=True):  # a handful of toggles, not rows of data
-            cond = pl.col("sent_at") >= row["off_from"]
-            if row["off_until"] is not None:
-                cond = cond & (pl.col("sent_at") < row["off_until"])
-            in_off = in_off | cond
-        received = received.filter(in_off)
-    else:
-        received = received.filter(pl.lit(False))
-    cols = ["canonical_key", "email", "name", "account_id", "sent_at"]
-    return pl.concat([sent.select(cols), received.select(cols)])
+    return pl.concat([sent.select(CANDIDATE_COLUMNS), received.select(CANDIDATE_COLUMNS)])
+
+
+CANDIDATE_COLUMNS = ["canonical_key", "email", "name", "account_id", "sent_at"]
+
+
+def _in_off_intervals(erc_off: pl.DataFrame) -> pl.Expr:
+    """True where `sent_at` falls in an interval with enhanced record creation off."""
+    in_off = pl.lit(False)
+    for row in erc_off.iter_rows(named=True):  # a handful of toggles, not rows of data
+        cond = pl.col("sent_at") >= row["off_from"]
+        if row["off_until"] is not None:
+            cond = cond & (pl.col("sent_at") < row["off_until"])
+        in_off = in_off | cond
+    return in_off
+
+
+def _candidates_by_position(
+    participants: pl.LazyFrame, msgs: pl.DataFrame, in_off: pl.Expr | None, automated: pl.Expr
+) -> pl.LazyFrame:
+    """person_candidates when both sides carry `_mid`: each participant row finds its
+    message's direction and time by position (arrays indexed by `_mid`), so only the
+    rows that can create a person are copied: outside, valid, a recipient of sent mail
+    or, with enhanced record creation off (`in_off` not None), on received mail then.
+    Machines are looked for among those only."""
+    highest = participants.select(pl.col("_mid").max()).collect().item()
+    n = max(int(msgs["_mid"].max() or 0), int(highest or 0)) + 1  # type: ignore[arg-type]
+
+    def by_mid(values: pl.Series, empty: object) -> pl.Expr:
+        """`values` (one per message) at each row's `_mid` (`empty` where no message)."""
+        array = pl.repeat(empty, n, dtype=values.dtype, eager=True).scatter(msgs["_mid"], values)
+        return pl.lit(array).gather(pl.col("_mid"))
+
+    sent_at = by_mid(msgs["sent_at"], None)
+    outside = pl.col("valid") & ~pl.col("internal")
+    kinds = [("sent", PERSON_ROLES_SENT, None)]
+    if in_off is not None:
+        kinds.append(("received", PERSON_ROLES_RECEIVED, in_off))
+    parts = []
+    for value, roles, when in kinds:
+        on_mail = by_mid(msgs["direction"] == value, False).fill_null(False)
+        rows = participants.filter(outside & on_mail & pl.col("role").is_in(roles)).select(
+            "canonical_key", "email", "name", "account_id", sent_at=sent_at
+        )
+        parts.append(rows if when is None else rows.filter(when))
+    rows = pl.concat(parts).collect()
+    # The pattern is matched once per distinct address, not once per row.
+    machines = rows.select(pl.col("email").drop_nulls().unique()).filter(automated)
+    return rows.filter(~pl.col("email").is_in(machines["email"].implode())).lazy()
 
 
 def _is_real_name() -> pl.Expr:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
@@ -462,3 +462,105 @@ def test_name_counts_by_address_number_equal_name_counts_by_the_strings(rows):
         name_counts_by_address(flagged).select(*NAME_COUNT_COLUMNS, "valid").lazy()
     ).collect()
     assert_frame_equal(by_number, by_strings, check_row_order=False)
+
+
+candidate_mail = st.lists(
+    st.tuples(
+        st.sampled_from(["sent", "received"]),
+        st.integers(0, 3),  # month of 2026
+        st.booleans(),  # list mail
+        st.sampled_from(["t1", "t2"]),  # thread (t2 is blocked)
+        st.lists(
+            st.tuples(
+                st.sampled_from(["from", "to", "cc", "bcc"]),
+                st.sampled_from(["ann@x.com", "noreply@x.com", "bob@y.org", "me@team.io"]),
+                st.booleans(),  # valid
+            ),
+            max_size=4,
+        ),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(mail=candidate_mail, erc_off=st.booleans(), gap=st.booleans())
+@example(  # received mail while enhanced record creation was off: From and Cc count
+    mail=[
+        ("received", 1, False, "t1", [("from", "ann@x.com", True), ("cc", "bob@y.org", True)]),
+        ("sent", 0, False, "t1", [("to", "bob@y.org", True), ("from", "me@team.io", True)]),
+    ],
+    erc_off=True,
+    gap=False,
+)
+def test_person_candidates_by_position_equal_the_plain_joins(mail, erc_off, gap):
+    """The rows that can create people, found by `_mid` positions, are those the joins
+    on (account, message) find: sent and received mail, list mail, a blocked thread,
+    machines, invalid and internal addresses, enhanced record creation off for a while.
+    `gap`: a message without participants and participants of a message not taken."""
+    from datetime import UTC, datetime
+
+    from transforms.records import erc_off_intervals, person_candidates
+
+    msgs = pl.DataFrame(
+        {
+            "_mid": pl.Series(range(len(mail)), dtype=pl.UInt32),
+            "account_id": ["acc_a"] * len(mail),
+            "message_id": [f"m{i}" for i in range(len(mail))],
+            "thread_id": [m[3] for m in mail],
+            "direction": [m[0] for m in mail],
+            "sent_at": [datetime(2026, 1 + m[1], 15, tzinfo=UTC) for m in mail],
+            "list_id": ["<l>" if m[2] else None for m in mail],
+            "list_unsubscribe": [None] * len(mail),
+            "precedence": [None] * len(mail),
+            "auto_submitted": [None] * len(mail),
+        },
+        schema={
+            "_mid": pl.UInt32,
+            **dict.fromkeys(["account_id", "message_id", "thread_id", "direction"], pl.String),
+            "sent_at": pl.Datetime("us", "UTC"),
+            **dict.fromkeys(["list_id", "list_unsubscribe", "precedence"], pl.String),
+            "auto_submitted": pl.String,
+        },
+    )
+    rows = [
+        (i, f"m{i}", role, email, email, "Name", valid, email.endswith("@team.io"))
+        for i, m in enumerate(mail)
+        for role, email, valid in m[4]
+    ]
+    parts = pl.DataFrame(
+        rows,
+        schema={
+            "_mid": pl.UInt32,
+            "message_id": pl.String,
+            "role": pl.String,
+            "canonical_key": pl.String,
+            "email": pl.String,
+            "name": pl.String,
+            "valid": pl.Boolean,
+            "internal": pl.Boolean,
+        },
+        orient="row",
+    ).with_columns(account_id=pl.lit("acc_a"))
+    if gap and msgs.height:  # the last message was not taken (blocked, say)
+        msgs = msgs.head(-1)
+    blocked = pl.DataFrame({"account_id": ["acc_a"], "thread_id": ["t2"]})
+    toggles = pl.DataFrame(
+        {
+            "enabled": [False, True] if erc_off else [],
+            "at": [datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC)]
+            if erc_off
+            else [],
+        },
+        schema={"enabled": pl.Boolean, "at": pl.Datetime("us", "UTC")},
+    )
+
+    def candidates(with_mid: bool) -> pl.DataFrame:
+        m, p = (msgs, parts) if with_mid else (msgs.drop("_mid"), parts.drop("_mid"))
+        return person_candidates(
+            m.lazy(), p.lazy(), blocked.lazy(), erc_off_intervals(toggles)
+        ).collect()
+
+    fast, plain = candidates(True), candidates(False)
+    assert_frame_equal(fast, plain, check_row_order=False)
+    assert "noreply@x.com" not in fast["email"].to_list()
