@@ -298,6 +298,7 @@ def build(
         msgs.lazy(),
         (internal_addresses, internal_domains),
         [*PARTICIPANT_ADDRESS_COLUMNS, "_aid"],  # (the address's number: name counts)
+        by_row_only=True,
     ).collect()
     events, blocked_events, att = read_events(
         files["events"], files["attendees"], internal_addresses, internal_domains

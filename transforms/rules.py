@@ -16,8 +16,11 @@ DEFAULT_AUTOMATED_LOCAL_PARTS = (
 LIST_PRECEDENCE = ("bulk", "list", "junk")
 
 
-def blocklist_matches(participants: pl.LazyFrame, blocklist: pl.DataFrame) -> pl.LazyFrame:
-    """(account_id, message_id) of every message with a participant the account blocks.
+def blocklist_matches(
+    participants: pl.LazyFrame, blocklist: pl.DataFrame, key: list[str] | None = None
+) -> pl.LazyFrame:
+    """The `key` (account_id, message_id; or `_mid`) of every message with a participant
+    the account blocks.
 
     Address entries match the normalised address; domain entries match the domain and
     all its subdomains (joined on every suffix of each distinct domain).
@@ -37,12 +40,8 @@ def blocklist_matches(participants: pl.LazyFrame, blocklist: pl.DataFrame) -> pl
     by_domain = participants.join(suffixes.lazy(), on="domain", how="inner").join(
         domains.lazy(), on=["account_id", "suffix"], how="semi"
     )
-    return pl.concat(
-        [
-            by_address.select("account_id", "message_id"),
-            by_domain.select("account_id", "message_id"),
-        ]
-    ).unique()
+    key = key or ["account_id", "message_id"]
+    return pl.concat([by_address.select(key), by_domain.select(key)]).unique()
 
 
 def split_blocked(
@@ -53,21 +52,22 @@ def split_blocked(
     A message is hidden if it was landed as a marker or any participant is blocked.
     Its whole thread then creates no records for that account.
     """
-    markers = messages.filter(pl.col("blocked")).select("account_id", "message_id")
+    key = message_key(messages, participants)
+    markers = messages.filter(pl.col("blocked")).select(key)
     if blocklist.is_empty() and markers.select(pl.len()).collect().item() == 0:
         # Nothing is blocked: skip four joins over every message and participant.
         empty = messages.select("account_id", "thread_id").head(0)
         return messages, participants, empty
-    matched = blocklist_matches(participants, blocklist)
+    matched = blocklist_matches(participants, blocklist, key)
     hidden = pl.concat([matched, markers]).unique()
-    visible = messages.join(hidden, on=["account_id", "message_id"], how="anti")
+    visible = messages.join(hidden, on=key, how="anti")
     blocked_threads = (
-        messages.join(hidden, on=["account_id", "message_id"], how="semi")
+        messages.join(hidden, on=key, how="semi")
         .select("account_id", "thread_id")
         .drop_nulls()
         .unique()
     )
-    visible_parts = participants.join(hidden, on=["account_id", "message_id"], how="anti")
+    visible_parts = participants.join(hidden, on=key, how="anti")
     return visible, visible_parts, blocked_threads
 
 
