@@ -119,5 +119,8 @@ def _message_rows_in_order(
         return None
     if not parts.select(cols).filter(starts).equals(messages.select(cols)):
         return None
-    run = starts.cast(pl.UInt32).cum_sum() - 1
-    return messages["_mid"].gather(run).alias("_mid")
+    run = (starts.cast(pl.UInt32).cum_sum() - 1).alias("_mid")
+    mids = messages["_mid"]
+    if mids.equals(pl.int_range(mids.len(), dtype=mids.dtype, eager=True), check_names=False):
+        return run.cast(mids.dtype)  # (messages numbered in order, as `build` reads them)
+    return mids.gather(run).alias("_mid")
