@@ -65,7 +65,12 @@ def current_participants(
     if "_mid" not in messages.collect_schema().names():
         parts = raw_participants.join(messages.select(cols), on=cols, how="semi")
     else:
-        parts = with_message_row(raw_participants.collect(), messages.collect()).lazy()
+        # One chunk first (the lake is read in one per file): the run detection, hashes
+        # and gathers over millions of rows are faster on it, and the eager column adds
+        # below would otherwise copy every column into one chunk later anyway (at a
+        # million messages 0.44-0.53 s -> 0.37-0.41 s for this function).
+        raw = raw_participants.collect().rechunk()
+        parts = with_message_row(raw, messages.collect()).lazy()
         if by_row_only:
             parts = parts.drop("message_id", "version")
     return normalise_addresses(parts, "address", internal, columns)
