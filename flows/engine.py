@@ -493,9 +493,9 @@ def build_and_publish(
     frames = workspace_frames(ws, as_of)
     # The member address sets too (small frames, but ~0.02-0.03 s of fixed cost), while
     # the run starts reading: the build asks for them once its messages are read.
-    internal = ThreadPoolExecutor(max_workers=1, thread_name_prefix="internal-sets")
-    internal.submit(lambda: frames.internal)
-    internal.shutdown(wait=False)
+    internal_sets = ThreadPoolExecutor(max_workers=1, thread_name_prefix="internal-sets")
+    internal_sets.submit(lambda: frames.internal)
+    internal_sets.shutdown(wait=False)
     fp = fingerprint(frames)
     whole = workspace_tables(ws)
 

@@ -42,7 +42,6 @@ from transforms.metrics import (
     with_message_columns,
 )
 from transforms.records import (
-    NAME_COUNT_COLUMNS,
     address_keys,
     build_companies,
     build_people,
@@ -55,7 +54,7 @@ from transforms.records import (
     person_key_map,
     settle_survivors,
 )
-from transforms.rules import message_key, split_blocked, with_direction, with_internal_flag
+from transforms.rules import message_key, split_blocked, with_direction
 
 TS = pl.Datetime("us", "UTC")
 # Lake columns of mail no table or rule reads: not decoded (in_reply_to alone is ~35 MB
@@ -239,11 +238,11 @@ def attendees_of(
     """The attendees of exactly these versions of the events, normalised and flagged
     (participants of mail are read the same way)."""
     att = current_participants(
-        attendees.rename({"event_id": "message_id"}), events.rename({"event_id": "message_id"})
+        attendees.rename({"event_id": "message_id"}),
+        events.rename({"event_id": "message_id"}),
+        (internal_addresses, internal_domains),
     )
-    return with_internal_flag(att, internal_addresses, internal_domains).rename(
-        {"message_id": "event_id"}
-    )
+    return att.rename({"message_id": "event_id"})
 
 
 def read_quarantine(files: list[str]) -> pl.DataFrame:
@@ -330,9 +329,10 @@ def build(
     candidates = pl.concat(
         [candidates, attendee_candidates(events.lazy(), att.lazy(), frames.as_of)]
     )
-    mail_counts = name_counts_by_address(vparts).select(*NAME_COUNT_COLUMNS, "valid")
     counts = name_counts(
-        pl.concat([mail_counts.lazy(), name_counts(att.lazy().select(NAME_SOURCE))])
+        pl.concat(
+            [name_counts_by_address(vparts).lazy(), name_counts(att.lazy().select(NAME_SOURCE))]
+        )
     ).collect()
     people, name_parts = build_people(candidates, counts.lazy(), previous_people)
 

@@ -331,8 +331,8 @@ def name_counts_by_address(participants: pl.DataFrame) -> pl.DataFrame:
     """name_counts of participant rows that carry `_aid`, the number of their address
     (normalise_addresses): grouped by that integer and the name rather than by two
     strings, and the address's strings taken from one row of each group (at a million
-    messages 0.09 -> 0.05 s). Counted rows: name_counts sums addresses that normalise
-    alike."""
+    messages 0.090 -> 0.067 s with the summing). Counted rows in name_counts' columns:
+    name_counts of them sums addresses that normalise alike."""
     groups = (
         participants.lazy()
         .with_row_index("_row")
@@ -341,7 +341,11 @@ def name_counts_by_address(participants: pl.DataFrame) -> pl.DataFrame:
         .collect()
     )
     firsts = participants.select("canonical_key", "email", "valid").gather(groups["_row"])
-    return pl.concat([firsts, groups.select("name", "n")], how="horizontal").filter("valid")
+    return (
+        pl.concat([firsts, groups.select("name", "n")], how="horizontal")
+        .filter("valid")
+        .select(*NAME_COUNT_COLUMNS, "valid")
+    )
 
 
 def build_people(

@@ -131,4 +131,6 @@ def is_automated_address(pattern: str = DEFAULT_AUTOMATED_LOCAL_PARTS) -> pl.Exp
 def with_internal_flag(
     participants: pl.LazyFrame, internal_addresses: list[str], internal_domains: list[str]
 ) -> pl.LazyFrame:
+    """The internal flag on every normalised row. The build flags each distinct address
+    once instead (normalise_addresses `internal=`); tests hold the two equal."""
     return participants.with_columns(internal=internal_flag(internal_addresses, internal_domains))
