@@ -532,24 +532,37 @@ def build_and_publish(
         run_id=run_id, status="published", stats=stats, mode=mode, fallback_reason=reason
     )
     gate_summary: list[dict[str, Any]] = []
-    # An incremental run's writes are already going on in its writer's thread while the
-    # gate runs (DuckDB releases the GIL); the copy is swapped in only if the gate passes.
+    # A run's writes go on in a writer's thread while the gate runs (DuckDB releases the
+    # GIL): a full run's new file, an incremental run's copy of the live one. Either is
+    # swapped in only if the gate passes.
+    if isinstance(delta, str):
+        from warehouse.publish import FileWriter
+
+        tables = {**staged_tables, **whole}
+        t0 = time.perf_counter()
+        writer: Any = FileWriter(home.warehouse, run_id).start(tables)
+        timings["publish_start_s"] = round(time.perf_counter() - t0, 3)
+    else:
+        writer = delta
     if validate:
         t0 = time.perf_counter()
         internal, _ = frames.internal
-        with small_queries() if mode == "incremental" else contextlib.nullcontext():
-            gate = run_gate(
-                gate_tables,
-                normalise_blocklist(frames.blocklist),
-                internal,
-                as_of,
-                prepared.result() if prepared is not None else None,
-            )
+        try:
+            with small_queries() if mode == "incremental" else contextlib.nullcontext():
+                gate = run_gate(
+                    gate_tables,
+                    normalise_blocklist(frames.blocklist),
+                    internal,
+                    as_of,
+                    prepared.result() if prepared is not None else None,
+                )
+        except BaseException:
+            writer.discard()
+            raise
         timings["validate_s"] = round(time.perf_counter() - t0, 3)
         gate_summary = gate.results
         if not gate.success:
-            if not isinstance(delta, str):
-                delta.discard()
+            writer.discard()
             result.status, result.failures = "failed_expectations", gate.failures()
             append_run(
                 home,
@@ -568,13 +581,15 @@ def build_and_publish(
     )
     t0 = time.perf_counter()
     if isinstance(delta, str):
-        tables = {**staged_tables, **whole}
         published_rows = sum(f.height for f in tables.values())
         run_row["rows_published"] = published_rows
-        append_run(home, run_row)
-        from warehouse.publish import publish
-
-        publish(home.warehouse, tables, load_runs(home), run_id)
+        try:
+            append_run(home, run_row)
+            sync_runs = load_runs(home)
+        except BaseException:
+            writer.discard()
+            raise
+        writer.finish(sync_runs)
     else:
         published_rows = delta.row_count()
         run_row["rows_published"] = published_rows

@@ -274,6 +274,9 @@ def test_each_expectation_blocks_the_publish(env, monkeypatch, violation):
     assert out.failures
     # the published warehouse is byte-for-byte the old one, and still readable
     assert hashlib.sha256(home.warehouse.read_bytes()).hexdigest() == before
+    assert out.mode == "full"
+    # the new file, written while the gate ran, is gone with it
+    assert not list(home.warehouse.parent.glob(f".{home.warehouse.name}.*"))
     assert count(home, "SELECT count(*) FROM messages") == 60
     runs = load_runs(home)
     assert runs["status"].to_list()[-1] == "failed_expectations"
