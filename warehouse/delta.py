@@ -1,6 +1,6 @@
 """Incremental publish: apply a staged delta to a copy of the live warehouse, then swap.
 
-A writer thread (`DeltaWriter`) copies the live file (a page-cache copy of ~180 MB at a
+A writer thread (`DeltaWriter`) copies the live file (a page-cache copy of ~250 MB at a
 million messages), writes the run into the copy as the build hands rows over, and
 checkpoints it; once the gate passes, the copy is fsynced and renamed over the live
 file. Nobody sees the copy before that rename, so the run's two transactions (the bulk,
