@@ -1,8 +1,9 @@
-"""Swapping a finished warehouse file in (warehouse/publish.py)."""
+"""Swapping a finished warehouse file in, and writing one beside the gate (warehouse/publish.py)."""
 
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 from warehouse.publish import building_path, swap_file
@@ -50,3 +51,74 @@ def test_a_retired_file_left_by_a_dead_run_is_cleared_by_the_next(tmp_path):
     building_path(live, "run1")
     assert not leftover.exists()
     assert live.read_bytes() == b"live"
+
+
+# ---------------------------------------------------------------- FileWriter
+def _live_warehouse(tmp_path: Path) -> Path:
+    """A published warehouse with one member, written the way every run writes one."""
+    import polars as pl
+
+    from flows.engine import SYNC_RUN_SCHEMA
+    from warehouse.publish import publish
+
+    live = tmp_path / "warehouse.duckdb"
+    members = pl.DataFrame({"member_id": ["m1"], "email": ["a@x.io"], "name": ["A"]})
+    publish(live, {"members": members}, pl.DataFrame(schema=SYNC_RUN_SCHEMA), "run0")
+    return live
+
+
+def _member_emails(live: Path) -> list[str]:
+    from warehouse.publish import query_readonly
+
+    return [r[0] for r in query_readonly(live, "SELECT email FROM members ORDER BY 1")[1]]
+
+
+def test_a_file_writer_swaps_in_its_tables_and_the_run_log_only_at_finish(tmp_path):
+    import polars as pl
+
+    from flows.engine import SYNC_RUN_SCHEMA
+    from warehouse.publish import FileWriter, query_readonly
+
+    live = _live_warehouse(tmp_path)
+    members = pl.DataFrame({"member_id": ["m1", "m2"], "email": ["a@x.io", "b@x.io"]})
+    writer = FileWriter(live, "run1").start({"members": members})
+    assert _member_emails(live) == ["a@x.io"]  # nothing is seen before finish
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    run = pl.DataFrame(
+        [("run1", at, at, "published", "[]", 0, 2, "[]")], schema=SYNC_RUN_SCHEMA, orient="row"
+    )
+    assert writer.finish(run) == 3
+    assert _member_emails(live) == ["a@x.io", "b@x.io"]
+    assert query_readonly(live, "SELECT run_id FROM sync_runs")[1] == [("run1",)]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_failed_insert_in_the_writer_is_raised_by_finish_and_nothing_changes(tmp_path):
+    import duckdb
+    import polars as pl
+    import pytest
+
+    from flows.engine import SYNC_RUN_SCHEMA
+    from warehouse.publish import FileWriter
+
+    live = _live_warehouse(tmp_path)
+    before = live.read_bytes()
+    bad = pl.DataFrame({"member_id": ["m2"], "no_such_column": ["x"]})
+    writer = FileWriter(live, "run1").start({"members": bad})
+    with pytest.raises(duckdb.Error):
+        writer.finish(pl.DataFrame(schema=SYNC_RUN_SCHEMA))
+    assert live.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["warehouse.duckdb"]
+
+
+def test_a_discarded_writer_leaves_the_live_file_and_nothing_else(tmp_path):
+    import polars as pl
+
+    from warehouse.publish import FileWriter
+
+    live = _live_warehouse(tmp_path)
+    before = live.read_bytes()
+    members = pl.DataFrame({"member_id": ["m2"], "email": ["b@x.io"]})
+    FileWriter(live, "run1").start({"members": members}).discard()
+    assert live.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["warehouse.duckdb"]
