@@ -221,6 +221,57 @@ def worker_rebuild(
     return out
 
 
+def worker_rebuild_sample(size: int, workdir: Path) -> dict[str, Any]:
+    """One more full rebuild, in a fresh process, of a copy of the landed (unpublished)
+    home: a sample for the median rebuild."""
+    from flows.workspace import Home
+
+    _, _, as_of = _dates()
+    copy = Home(workdir / "rebuild-sample")
+    shutil.rmtree(copy.root, ignore_errors=True)
+    shutil.copytree(workdir / "home", copy.root)
+    for leftover in copy.root.glob("warehouse.duckdb*"):  # (only the lake and state count)
+        leftover.unlink()
+    os.sync()  # else the run's fsyncs would also flush the copy just made (ext4)
+    out: dict[str, Any] = {"messages": size, "imports_s": preimport()}
+    try:
+        res, wall = _publish_run(copy, as_of)
+        out.update(_stage_times(res, wall))
+        out["rows_published"] = res.rows_published
+        out["peak_rss_gib"] = peak_rss_gib()
+    finally:
+        shutil.rmtree(copy.root, ignore_errors=True)
+    return out
+
+
+REBUILD_FIELDS = ("transform_s", "validate_s", "publish_s", "rebuild_s", "stages_s", "peak_rss_gib")
+
+
+def median_rebuild(main: dict[str, Any], samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The main worker's results with its rebuild replaced by the median of it and the
+    samples (the run with the median wall time, its stages and its peak RSS), and every
+    ratio that divides by the rebuild worked out again. Samples that failed, or that
+    published other rows than the main run (then they measured other work), are left out.
+    """
+    same = [s for s in samples if s.get("rows_published") == main["rows_published"]]
+    runs = [*same, main]  # (in the order they ran)
+    median = sorted(runs, key=lambda r: r["rebuild_s"])[len(runs) // 2]
+    out = {**main, **{k: median[k] for k in REBUILD_FIELDS}}
+    out["rebuild_runs_s"] = [round(r["rebuild_s"], 4) for r in runs]
+    out["rebuild_runs_peak_rss_gib"] = [r["peak_rss_gib"] for r in runs]
+    if len(same) < len(samples):
+        out["rebuild_samples_left_out"] = [s for s in samples if s not in same]
+    out["rebuild_over_floor"] = out["rebuild_s"] / out["floor_s"]
+    for kind in ("incremental", "relabel", "delete", "events"):
+        if kind in out:
+            out[kind] = {
+                **out[kind],
+                "full_rebuild_s": out["rebuild_s"],
+                "ratio": out[kind]["total_s"] / out["rebuild_s"],
+            }
+    return out
+
+
 # A sync's clock moves on between runs: the incremental run's as_of is this much later.
 INCREMENTAL_CLOCK_STEP = timedelta(minutes=15)
 
@@ -810,14 +861,23 @@ def run_size(size: int, args: argparse.Namespace, base: Path) -> dict[str, Any]:
     )
     if "error" in prep:
         return {"messages": size, **prep}
-    print(f"[bench] {size:,} messages: rebuild, floor, incremental, dlt ...", flush=True)
     extra = ["--incremental"] if incremental else []
     if args.profile and size == max(args.messages):
         extra.append("--profile")
     if not args.skip_dlt:
         extra += ["--dlt-rows", str(min(size, args.dlt_sample))]
         extra += ["--dlt-arrow-rows", str(min(size, args.dlt_arrow_sample))]
+    # The rebuild is the median of fresh processes (as the floor and the incremental runs
+    # are medians): the extra samples run first, on the home before anything is published.
+    samples = []
+    for i in range(args.rebuild_samples - 1):
+        n_more = args.rebuild_samples - 1
+        print(f"[bench] {size:,} messages: rebuild sample {i + 1} of {n_more} ...", flush=True)
+        samples.append(_child(["rebuild-sample", *common]))
+    print(f"[bench] {size:,} messages: rebuild, floor, incremental, dlt ...", flush=True)
     reb = _child(["rebuild", *common, *extra])
+    if samples and "error" not in reb:
+        reb = median_rebuild(reb, samples)
     out = {**prep, **reb}
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -873,12 +933,14 @@ def derive(results: dict[str, Any]) -> None:
         n = f"{big['messages']:,}"
         scaled = big["messages"] != TARGET_SIZE
         note = "measured below 1M: not the target size" if scaled else ""
+        runs = big.get("rebuild_runs_s", [big["rebuild_s"]])
+        of_runs = f"median of {' / '.join(f'{t:.2f}' for t in runs)}" if len(runs) > 1 else ""
         target(
             f"full rebuild, {n} msgs (s)",
             round(big["rebuild_s"], 2),
             f"<= {REBUILD_TARGET_S:g} s",
             big["rebuild_s"] <= REBUILD_TARGET_S,
-            note,
+            "; ".join(x for x in (note, of_runs) if x),
         )
         target(
             f"rebuild / floor, {n} msgs",
@@ -887,12 +949,14 @@ def derive(results: dict[str, Any]) -> None:
             big["rebuild_over_floor"] <= REBUILD_FLOOR_TARGET,
             note,
         )
+        rss_runs = big.get("rebuild_runs_peak_rss_gib", [big["peak_rss_gib"]])
+        of_rss = f"the largest of {' / '.join(f'{r:.2f}' for r in rss_runs)}"
         target(
             f"peak RSS of the rebuild, {n} msgs (GiB)",
-            big["peak_rss_gib"],
+            max(rss_runs),
             f"<= {RSS_TARGET_GIB:g} GiB",
-            big["peak_rss_gib"] <= RSS_TARGET_GIB,
-            note,
+            max(rss_runs) <= RSS_TARGET_GIB,
+            "; ".join(x for x in (note, of_rss if len(rss_runs) > 1 else "") if x),
         )
     if scaling:
         last = scaling[-1]
@@ -1168,6 +1232,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--skip-prefect", action="store_true")
     ap.add_argument("--profile", action="store_true", help="pyinstrument the largest rebuild")
     ap.add_argument(
+        "--rebuild-samples",
+        type=int,
+        default=3,
+        help="fresh-process full rebuilds per size; the median is reported (default 3)",
+    )
+    ap.add_argument(
         "--dlt-sample",
         type=int,
         default=20_000,
@@ -1191,7 +1261,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--keep", action="store_true", help="keep the landed lakes and warehouses")
     # Internal: one measurement in a fresh process.
     ap.add_argument(
-        "--worker", choices=["prepare", "rebuild", "extraction", "prefect-init", "prefect"]
+        "--worker",
+        choices=["prepare", "rebuild", "rebuild-sample", "extraction", "prefect-init", "prefect"],
     )
     ap.add_argument("--size", type=int)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -1208,6 +1279,8 @@ def run_worker(args: argparse.Namespace) -> int:
     elif args.worker == "rebuild":
         dlt_rows = (args.dlt_rows, args.dlt_arrow_rows) if args.dlt_rows else None
         out = worker_rebuild(args.size, workdir, args.incremental, args.profile, dlt_rows)
+    elif args.worker == "rebuild-sample":
+        out = worker_rebuild_sample(args.size, workdir)
     elif args.worker == "extraction":
         out = worker_extraction(args)
     elif args.worker == "prefect-init":
