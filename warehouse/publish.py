@@ -167,8 +167,6 @@ class FileWriter:
         """Insert the run log, commit and swap the file in. Returns rows published."""
         try:
             self._pool.submit(self._commit, sync_runs).result()
-            assert self._written is not None
-            self._written.result()  # already done; raises a failed insert
         except BaseException:
             self.discard()
             raise
@@ -177,8 +175,9 @@ class FileWriter:
         return self.rows
 
     def _commit(self, sync_runs: pl.DataFrame) -> None:
-        assert self._written is not None and self.con is not None
-        self._written.result()
+        assert self._written is not None
+        self._written.result()  # (done by now: raises what failed while writing)
+        assert self.con is not None
         self.rows += insert_frame(self.con, "sync_runs", sync_runs)
         self.con.execute("COMMIT")
         self.con.execute("CHECKPOINT")
