@@ -869,9 +869,8 @@ def run_size(size: int, args: argparse.Namespace, base: Path) -> dict[str, Any]:
         extra += ["--dlt-arrow-rows", str(min(size, args.dlt_arrow_sample))]
     # The rebuild is the median of fresh processes (as the floor and the incremental runs
     # are medians): the extra samples run first, on the home before anything is published.
-    samples = []
-    for i in range(args.rebuild_samples - 1):
-        n_more = args.rebuild_samples - 1
+    samples, n_more = [], args.rebuild_samples - 1
+    for i in range(n_more):
         print(f"[bench] {size:,} messages: rebuild sample {i + 1} of {n_more} ...", flush=True)
         samples.append(_child(["rebuild-sample", *common]))
     print(f"[bench] {size:,} messages: rebuild, floor, incremental, dlt ...", flush=True)
