@@ -106,12 +106,13 @@ def sync(
     ] = None,
 ) -> None:
     """Extract every account, transform, validate and publish."""
-    from flows.sync import parse_as_of
+    from flows.sync import parse_as_of, prewarm_quality_gate
 
     parse_as_of(as_of)  # validate before starting anything
     h = home()
     if not h.load().active_accounts():
         raise WorkspaceError("no accounts yet: add one with `rapport accounts add`")
+    prewarm_quality_gate()  # (while Prefect starts its API: the flow would start it later)
     run_sync(h, as_of, account, dask_address)
 
 
@@ -838,9 +839,13 @@ def demo(
 ) -> None:
     """Generate a workspace, serve it from the simulators, sync it, show what was built."""
     from flows.demo import run_demo
+    from flows.sync import prewarm_quality_gate
 
     if messages < 100:
         raise WorkspaceError("--messages must be at least 100")
+    # Great Expectations takes ~2 s to import; the simulators' set-up and a local sync
+    # are quicker than that, so the import starts before them, not with the flow.
+    prewarm_quality_gate()
     run_demo(home(), messages=messages, seed=seed, console=console)
 
 

@@ -134,6 +134,7 @@ def import_files(
     when = parse_as_of(as_of)
     started = datetime.now(UTC)
     run_id = new_run_id()
+    prewarm_quality_gate()  # (while the files are parsed, as a sync does while it extracts)
     with h.lock("writer", timeout_s=lock_timeout_s):
         apply_blocklist_changes(h)
         ws = h.load()
