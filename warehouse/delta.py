@@ -25,7 +25,14 @@ import polars as pl
 
 from connectors.lake import fsync_path
 from transforms.incremental import PREVIOUS_TABLES, Previous, Upsert
-from warehouse.publish import arrow_view, insert_frame, score_constants, sql_text, swap_file
+from warehouse.publish import (
+    arrow_view,
+    discard_file,
+    insert_frame,
+    score_constants,
+    sql_text,
+    swap_file,
+)
 
 
 def _sql(name: str, **names: str) -> str:
@@ -77,11 +84,6 @@ def open_copy(tmp: Path) -> duckdb.DuckDBPyConnection:
     con.execute("SET preserve_insertion_order = false")
     con.execute("SET memory_limit = '1GB'")
     return con
-
-
-def discard(tmp: Path) -> None:
-    for path in (tmp, tmp.with_name(tmp.name + ".wal")):
-        path.unlink(missing_ok=True)
 
 
 def read_state(con: duckdb.DuckDBPyConnection) -> tuple[Previous, set[str]] | None:
@@ -359,7 +361,7 @@ class DeltaWriter:
         """Drop the copy (waits for the thread; nothing reaches the live file)."""
         self._pool.submit(self._close).result()
         self._pool.shutdown()
-        discard(self.tmp)
+        discard_file(self.tmp)
 
     def _close(self) -> None:
         if self.con is not None:

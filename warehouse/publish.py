@@ -188,8 +188,7 @@ class FileWriter:
         """Drop the file (waits for the thread's work; the live file is untouched)."""
         self._pool.submit(self._close).result()
         self._pool.shutdown()
-        for path in (self.tmp, self.tmp.with_name(self.tmp.name + ".wal")):
-            path.unlink(missing_ok=True)
+        discard_file(self.tmp)
 
     def _close(self) -> None:
         if self.con is not None:
@@ -215,6 +214,12 @@ def building_path(warehouse: Path, run_id: str) -> Path:
         for leftover in warehouse.parent.glob(pattern.format(warehouse.name)):
             leftover.unlink(missing_ok=True)
     return warehouse.with_name(f".{warehouse.name}.{run_id}.building")
+
+
+def discard_file(tmp: Path) -> None:
+    """Remove a file a run was building (and its write-ahead log): it never went live."""
+    for path in (tmp, tmp.with_name(tmp.name + ".wal")):
+        path.unlink(missing_ok=True)
 
 
 def swap_file(tmp: Path, warehouse: Path) -> None:
