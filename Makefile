@@ -7,7 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export PREFECT_LOGGING_LEVEL ?= WARNING
 
-.PHONY: demo test lint bench clean setup
+.PHONY: demo test lint bench bench-compare clean setup
 
 setup: $(STAMP)
 
@@ -34,6 +34,12 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml constraints.txt
 # make bench BENCH_ARGS="--messages 100k --profile"
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+# A change's own effect, from alternating fresh-process builds of BASE and this tree:
+# make bench-compare BASE=main~1 COMPARE_ARGS="--messages 1m --pairs 6 --incremental"
+BASE ?= HEAD
+bench-compare: $(STAMP)
+	$(BIN)/python -m benchmarks.compare $(BASE) $(COMPARE_ARGS)
 
 clean:
 	rm -rf data bench-results .pytest_cache .ruff_cache
