@@ -304,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also time the 1,000-message incremental run on each side's published home",
     )
+    ap.add_argument(
+        "--no-full",
+        action="store_true",
+        help="with --incremental: time only the incremental run (the sides still publish)",
+    )
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--json", default="bench-results/compare.json", help="where to write JSON")
     ap.add_argument("--workdir", help="scratch folder (default: a temporary one, removed)")
@@ -324,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     (size,) = parse_sizes([args.messages])
     if args.pairs < 1:
         raise SystemExit("--pairs must be at least 1")
+    if args.no_full and not args.incremental:
+        raise SystemExit("--no-full leaves nothing to time without --incremental")
     commit = resolve(args.base)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="rapport-compare-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -340,20 +347,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"landing {size:,} messages (this tree's code) ...", flush=True)
         prep = result["prepared"] = prepare_apart(size, workdir, args.seed, args.incremental)
         print(f"  landed in {time.perf_counter() - t0:.0f} s", flush=True)
-        print(f"full rebuild: {args.pairs} pairs, base {result['base']}, new {result['new']}")
         delta = workdir / "delta"
-        full = measure(
-            roots,
-            workdir / "home",
-            workdir,
-            prep["as_of"],
-            args.pairs,
-            False,
-            delta,
-            result["runs"],
-        )
-        result["full"] = summarise(full["base"], full["new"])
-        print(table(result["full"]), flush=True)
+        if not args.no_full:
+            print(f"full rebuild: {args.pairs} pairs, base {result['base']}, new {result['new']}")
+            full = measure(
+                roots,
+                workdir / "home",
+                workdir,
+                prep["as_of"],
+                args.pairs,
+                False,
+                delta,
+                result["runs"],
+            )
+            result["full"] = summarise(full["base"], full["new"])
+            print(table(result["full"]), flush=True)
         if args.incremental:
             print("incremental (1,000 new messages): each side publishes its own home first")
             published = publish_each(roots, workdir, prep["as_of"])
