@@ -348,35 +348,21 @@ def main(argv: list[str] | None = None) -> int:
         prep = result["prepared"] = prepare_apart(size, workdir, args.seed, args.incremental)
         print(f"  landed in {time.perf_counter() - t0:.0f} s", flush=True)
         delta = workdir / "delta"
+
+        def compare(kind: str, source: Path, as_of: str, incremental: bool) -> None:
+            samples = measure(
+                roots, source, workdir, as_of, args.pairs, incremental, delta, result["runs"]
+            )
+            result[kind] = summarise(samples["base"], samples["new"])
+            print(table(result[kind]), flush=True)
+
         if not args.no_full:
             print(f"full rebuild: {args.pairs} pairs, base {result['base']}, new {result['new']}")
-            full = measure(
-                roots,
-                workdir / "home",
-                workdir,
-                prep["as_of"],
-                args.pairs,
-                False,
-                delta,
-                result["runs"],
-            )
-            result["full"] = summarise(full["base"], full["new"])
-            print(table(result["full"]), flush=True)
+            compare("full", workdir / "home", prep["as_of"], False)
         if args.incremental:
             print("incremental (1,000 new messages): each side publishes its own home first")
             published = publish_each(roots, workdir, prep["as_of"])
-            inc = measure(
-                roots,
-                published,
-                workdir,
-                prep["incremental_as_of"],
-                args.pairs,
-                True,
-                delta,
-                result["runs"],
-            )
-            result["incremental"] = summarise(inc["base"], inc["new"])
-            print(table(result["incremental"]), flush=True)
+            compare("incremental", published, prep["incremental_as_of"], True)
     finally:
         remove_worktree(roots["base"])
         if not args.workdir:
