@@ -19,7 +19,9 @@ The bench's ratios move by +-10% between runs of the same code on a noisy 2-core
   faster. JSON goes to `--json`.
 
 The lake is written by this tree's code: a BASE that cannot read it fails its samples
-(the error is shown), as does a BASE older than `flows.engine.build_and_publish`.
+(the error is shown), as does a BASE older than `flows.engine.build_and_publish`. Both
+sides run in this tree's virtualenv, so a BASE that needs other package versions is
+measured with these.
 """
 
 from __future__ import annotations
