@@ -26,8 +26,8 @@ import polars as pl
 from connectors.lake import fsync_path
 from transforms.incremental import PREVIOUS_TABLES, Previous, Upsert
 from warehouse.publish import (
+    BuildingFile,
     arrow_view,
-    discard_file,
     insert_frame,
     score_constants,
     sql_text,
@@ -263,7 +263,7 @@ class DuckLookup:
             return _utc(cur.sql(sql, params=params or []).pl())
 
 
-class DeltaWriter:
+class DeltaWriter(BuildingFile):
     """Writes an incremental run into a copy of the live file, in a thread of its own.
 
     The thread first copies the live file (a page-cache copy, off the GIL) and opens the
@@ -275,10 +275,8 @@ class DeltaWriter:
     """
 
     def __init__(self, warehouse: Path, tmp: Path) -> None:
-        self.warehouse, self.tmp = warehouse, tmp
-        self.con: duckdb.DuckDBPyConnection | None = None
+        super().__init__(warehouse, tmp, "delta-writer")
         self.error: BaseException | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="delta-writer")
         self._pool.submit(self._run, self._open)
 
     def _open(self) -> None:
@@ -346,26 +344,10 @@ class DeltaWriter:
 
     def finish(self) -> None:
         """Commit, checkpoint and swap the copy in (after every write handed over)."""
-        self._submit(self._commit)
+        self._submit(self._commit_and_close)
         self.wait()
         swap_file(self.tmp, self.warehouse)
         self._pool.shutdown()
-
-    def _commit(self) -> None:
-        assert self.con is not None
-        self.con.execute("COMMIT")
-        self.con.execute("CHECKPOINT")
-        self.con.close()
-
-    def discard(self) -> None:
-        """Drop the copy (waits for the thread; nothing reaches the live file)."""
-        self._pool.submit(self._close).result()
-        self._pool.shutdown()
-        discard_file(self.tmp)
-
-    def _close(self) -> None:
-        if self.con is not None:
-            self.con.close()
 
 
 def delete_keys(con: duckdb.DuckDBPyConnection, name: str, keys: pl.DataFrame) -> None:

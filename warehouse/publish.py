@@ -120,7 +120,36 @@ def insert_frame(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame)
 SINGLE_THREADED_FIRST = ("events", "_rapport_contact_history")
 
 
-class FileWriter:
+class BuildingFile:
+    """A run's new warehouse file (`tmp`), written by one DuckDB connection in a thread
+    of its own; nothing reaches the live file until the subclass swaps it in."""
+
+    def __init__(self, warehouse: Path, tmp: Path, thread_name: str) -> None:
+        self.warehouse, self.tmp = warehouse, tmp
+        self.con: duckdb.DuckDBPyConnection | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+
+    def _commit_and_close(self) -> None:
+        """(In the thread.) Commit, checkpoint and close: the file is ready to swap in."""
+        assert self.con is not None
+        self.con.execute("COMMIT")
+        self.con.execute("CHECKPOINT")
+        self.con.close()
+        self.con = None
+
+    def discard(self) -> None:
+        """Drop the file (waits for the thread's work; the live file is untouched)."""
+        self._pool.submit(self._close).result()
+        self._pool.shutdown()
+        discard_file(self.tmp)
+
+    def _close(self) -> None:
+        if self.con is not None:
+            self.con.close()
+            self.con = None
+
+
+class FileWriter(BuildingFile):
     """Builds a full run's new warehouse file in a thread of its own, while the gate runs.
 
     The thread creates the file and inserts every table handed to `start`; `finish` adds
@@ -130,10 +159,8 @@ class FileWriter:
     """
 
     def __init__(self, warehouse: Path, run_id: str) -> None:
-        self.warehouse, self.tmp = warehouse, building_path(warehouse, run_id)
-        self.con: duckdb.DuckDBPyConnection | None = None
+        super().__init__(warehouse, building_path(warehouse, run_id), "file-writer")
         self.rows = 0
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="file-writer")
         self._written: Future[None] | None = None
 
     def start(self, tables: dict[str, pl.DataFrame]) -> FileWriter:
@@ -179,21 +206,7 @@ class FileWriter:
         self._written.result()  # (done by now: raises what failed while writing)
         assert self.con is not None
         self.rows += insert_frame(self.con, "sync_runs", sync_runs)
-        self.con.execute("COMMIT")
-        self.con.execute("CHECKPOINT")
-        self.con.close()
-        self.con = None
-
-    def discard(self) -> None:
-        """Drop the file (waits for the thread's work; the live file is untouched)."""
-        self._pool.submit(self._close).result()
-        self._pool.shutdown()
-        discard_file(self.tmp)
-
-    def _close(self) -> None:
-        if self.con is not None:
-            self.con.close()
-            self.con = None
+        self._commit_and_close()
 
 
 def publish(
