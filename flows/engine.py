@@ -511,7 +511,19 @@ def build_and_publish(
         home, frames, fp, run_id, {**whole, "_rapport_build": build_row("incremental")}, live
     )
     if isinstance(delta, str):
-        mode, reason, stage = "full", delta, _stage_full(home, frames)
+        from warehouse.publish import FileWriter
+
+        # The new file is written while the build goes on, at idle priority: from the CPU
+        # time the build leaves unused (1M: publish 1.95 -> 1.3-1.5 s after the gate,
+        # build +0.25 s, peak RSS +0.45 GiB; at normal priority the build stretched more
+        # than the publish shrank).
+        writer: Any = FileWriter(home.warehouse, run_id).open(in_background=True)
+        try:
+            stage = _stage_full(home, frames, writer.add)
+        except BaseException:
+            writer.discard()
+            raise
+        mode, reason = "full", delta
         staged_tables, stats = stage.tables, stage.stats
         steps, gate_tables = stage.timings, stage.tables
     else:
@@ -533,14 +545,13 @@ def build_and_publish(
     )
     gate_summary: list[dict[str, Any]] = []
     # A run's writes go on in a writer's thread while the gate runs (DuckDB releases the
-    # GIL): a full run's new file, an incremental run's copy of the live one. Either is
-    # swapped in only if the gate passes.
+    # GIL): a full run's new file (its biggest tables already started during the build),
+    # an incremental run's copy of the live one. Either is swapped in only if the gate
+    # passes.
     if isinstance(delta, str):
-        from warehouse.publish import FileWriter
-
         tables = {**staged_tables, **whole}
         t0 = time.perf_counter()
-        writer: Any = FileWriter(home.warehouse, run_id).start(tables)
+        writer.add({name: frame for name, frame in tables.items() if name not in writer.added})
         timings["publish_start_s"] = round(time.perf_counter() - t0, 3)
     else:
         writer = delta
@@ -589,6 +600,7 @@ def build_and_publish(
         except BaseException:
             writer.discard()
             raise
+        writer.to_foreground()  # (the gate too ran first: only the publish is left)
         writer.finish(sync_runs)
     else:
         published_rows = delta.row_count()
@@ -601,7 +613,9 @@ def build_and_publish(
     return result
 
 
-def _stage_full(home: Home, frames: WorkspaceFrames) -> Any:
+def _stage_full(
+    home: Home, frames: WorkspaceFrames, sink: Callable[[dict[str, pl.DataFrame]], object]
+) -> Any:
     from warehouse.publish import read_previous
 
     return build(
@@ -610,6 +624,7 @@ def _stage_full(home: Home, frames: WorkspaceFrames) -> Any:
         previous_people=read_previous(home.warehouse, "people"),
         previous_companies=read_previous(home.warehouse, "companies"),
         previous_merges=read_previous(home.warehouse, "person_merges"),
+        sink=sink,
     )
 
 

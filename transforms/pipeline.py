@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -284,8 +285,18 @@ def build(
     previous_people: pl.DataFrame | None = None,
     previous_companies: pl.DataFrame | None = None,
     previous_merges: pl.DataFrame | None = None,
+    sink: Callable[[dict[str, pl.DataFrame]], object] | None = None,
 ) -> Staged:
+    """Every table of a full build, from the lake.
+
+    `sink` is handed the biggest tables as soon as they are final (they are in the
+    result too), so a writer can insert them while the build goes on.
+    """
     lap = Laps()
+
+    def hand_over(tables: dict[str, pl.DataFrame]) -> None:
+        if sink is not None:
+            sink(tables)
 
     # --- current state of the lake
     files = lake_files(lake_dir, frames)
@@ -303,6 +314,8 @@ def build(
         files["events"], files["attendees"], internal_addresses, internal_domains
     )
     quarantine = read_quarantine(files["quarantine"])
+    events_out = events_table(events, att) if events.height else pl.DataFrame(schema=EVENTS_SCHEMA)
+    hand_over({"events": events_out})
 
     lap("load_current")
     # --- 1. blocklist (message and thread level)
@@ -316,6 +329,10 @@ def build(
     del msgs, parts
 
     lap("blocklist_direction")
+    messages_out = messages_table(visible, vparts)
+    message_flags = message_flags_table(visible, vparts, messages_out["message_key"])
+    hand_over({"messages": messages_out, "message_flags": message_flags})
+    lap("messages_table")
     # --- 2. automatic record creation (+ canonical-address dedup by construction)
     erc_off = erc_off_intervals(frames.erc_toggles)
     candidates = person_candidates(
@@ -356,6 +373,7 @@ def build(
     interactions, contact_history = interaction_rows(
         visible, vparts, events, att, with_contacts(person_keys, counts), people, frames
     )
+    hand_over({"interactions": interactions, "_rapport_contact_history": contact_history})
     lap("interactions")
     sums = person_connection_sums(interactions.lazy(), frames.as_of).collect()
     lap("connections")
@@ -367,18 +385,13 @@ def build(
     ).collect()
 
     lap("company_metrics")
-    messages_out = messages_table(visible, vparts)
-    message_flags = message_flags_table(visible, vparts, messages_out["message_key"])
-    lap("messages_table")
     tables = {
         "people": people,
         "companies": companies,
         "person_merges": person_merges,
         "messages": messages_out,
         "message_flags": message_flags,
-        "events": events_table(events, att)
-        if events.height
-        else pl.DataFrame(schema=EVENTS_SCHEMA),
+        "events": events_out,
         "interactions": interactions,
         "_rapport_person_activity": p_activity,
         "_rapport_company_activity": c_activity,

@@ -150,25 +150,54 @@ class BuildingFile:
 
 
 class FileWriter(BuildingFile):
-    """Builds a full run's new warehouse file in a thread of its own, while the gate runs.
+    """Builds a full run's new warehouse file in a thread of its own.
 
-    The thread creates the file and inserts every table handed to `start`; `finish` adds
+    Tables are handed over with `add` as the build finishes them. Until `to_foreground`,
+    the thread and DuckDB's workers run at idle priority (`idle_priority`): their inserts
+    take only the CPU time the build leaves unused, never the build's own. `finish` adds
     the run log (it records the gate's results), commits, checkpoints and swaps the file
     in. `discard` drops it: nothing reaches the live file before `finish`. DuckDB's
-    inserts release the GIL, so the gate's Python and Polars work runs alongside them.
+    inserts release the GIL, so the build's and the gate's work runs alongside them.
     """
 
     def __init__(self, warehouse: Path, run_id: str) -> None:
         super().__init__(warehouse, building_path(warehouse, run_id), "file-writer")
         self.rows = 0
-        self._written: Future[None] | None = None
+        self.added: set[str] = set()
+        self._steps: list[Future[None]] = []
 
-    def start(self, tables: dict[str, pl.DataFrame]) -> FileWriter:
-        """Create the file and insert `tables` (in the writer's thread)."""
-        self._written = self._pool.submit(self._write, tables)
+    def open(self, in_background: bool = False) -> FileWriter:
+        """Create the file (in the writer's thread), at idle priority if `in_background`."""
+        self._steps.append(self._pool.submit(self._create, in_background))
         return self
 
-    def _write(self, tables: dict[str, pl.DataFrame]) -> None:
+    def start(self, tables: dict[str, pl.DataFrame]) -> FileWriter:
+        """Create the file and insert `tables`."""
+        return self.open().add(tables)
+
+    def add(self, tables: dict[str, pl.DataFrame]) -> FileWriter:
+        """Queue `tables` for insertion, after those added before (each name once)."""
+        if again := self.added & tables.keys():
+            raise ValueError(f"tables added twice: {sorted(again)}")
+        self.added |= tables.keys()
+        first = [name for name in SINGLE_THREADED_FIRST if name in tables]
+        for name in [*first, *(name for name in tables if name not in first)]:
+            self._steps.append(self._pool.submit(self._insert, name, tables[name]))
+        return self
+
+    def to_foreground(self) -> None:
+        """The writer's threads back at normal priority (the build is done)."""
+        normal_priority_again()
+
+    def discard(self) -> None:
+        """Drop the file; inserts not yet started are skipped."""
+        for step in self._steps:
+            step.cancel()
+        super().discard()
+
+    def _create(self, in_background: bool) -> None:
+        if in_background:
+            idle_priority()  # (before connecting: DuckDB's workers inherit it)
         con = self.con = duckdb.connect(str(self.tmp))
         con.execute("SET TimeZone = 'UTC'")
         con.execute("SET preserve_insertion_order = false")  # lets inserts run in parallel
@@ -180,15 +209,13 @@ class FileWriter(BuildingFile):
         con.execute("BEGIN")
         con.execute(sql_text("schema.sql"))
         con.execute(scores_sql())
+
+    def _insert(self, name: str, frame: pl.DataFrame) -> None:
         # What remains is DuckDB's own append + compression, already on both cores. Measured
         # at 1M without gain: inserting tables concurrently from cursors (each cursor is its
         # own transaction), threads/memory_limit changes, WAL settings, CHECKPOINT vs close.
-        first = [name for name in SINGLE_THREADED_FIRST if name in tables]
-        for name in [*first, *(name for name in tables if name not in first)]:
-            self.rows += insert_frame(con, name, tables[name])
-        con.execute(sql_text("messages_for.sql"))
-        for view in view_sql():
-            con.execute(view)
+        if self.con is not None:  # (None: creating the file failed; `finish` raises that)
+            self.rows += insert_frame(self.con, name, frame)
 
     def finish(self, sync_runs: pl.DataFrame) -> int:
         """Insert the run log, commit and swap the file in. Returns rows published."""
@@ -202,11 +229,67 @@ class FileWriter(BuildingFile):
         return self.rows
 
     def _commit(self, sync_runs: pl.DataFrame) -> None:
-        assert self._written is not None
-        self._written.result()  # (done by now: raises what failed while writing)
+        for step in self._steps:
+            step.result()  # (done by now: raises what failed while writing)
         assert self.con is not None
         self.rows += insert_frame(self.con, "sync_runs", sync_runs)
+        self.con.execute(sql_text("messages_for.sql"))
+        for view in view_sql():
+            self.con.execute(view)
         self._commit_and_close()
+
+
+def idle_priority() -> None:
+    """Run this thread, and the threads it starts, at Linux's idle priority (SCHED_IDLE):
+    they get a CPU only when no normal thread wants one.
+
+    Only where `normal_priority_again` can undo it (root, or RLIMIT_NICE allowing nice
+    0): a thread left at idle priority would crawl on a busy machine. Elsewhere, and on
+    systems without SCHED_IDLE, nothing changes.
+    """
+    if not priority_restorable():
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except OSError:
+        pass
+
+
+def normal_priority_again() -> None:
+    """Every thread of this process at idle priority back to normal (SCHED_OTHER)."""
+    for tid in idle_thread_ids():
+        try:
+            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+        except OSError:  # (a thread that ended meanwhile)
+            pass
+
+
+def idle_thread_ids() -> set[int]:
+    """The threads of this process at idle priority (SCHED_IDLE)."""
+    if not hasattr(os, "SCHED_IDLE"):
+        return set()
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return set()
+    idle = set()
+    for tid in tids:
+        try:
+            if os.sched_getscheduler(tid) == os.SCHED_IDLE:
+                idle.add(tid)
+        except OSError:  # (a thread that ended meanwhile)
+            pass
+    return idle
+
+
+def priority_restorable() -> bool:
+    """Whether this process may take a thread from idle priority back to normal."""
+    if not hasattr(os, "SCHED_IDLE") or not os.path.isdir("/proc/self/task"):
+        return False
+    import resource
+
+    # Leaving SCHED_IDLE for nice 0 takes root or an RLIMIT_NICE of at least 20.
+    return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
 
 
 def publish(

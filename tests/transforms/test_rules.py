@@ -433,3 +433,30 @@ def test_extra_domains_join_a_company_only_through_configuration(tmp_path):
     companies = staged.tables["companies"]
     assert companies["domains"].to_list() == [["acme.com", "acme.io"]]
     assert person(staged, "b@acme.io")["company_id"] == companies["company_id"][0]
+
+
+def test_the_build_hands_its_biggest_tables_to_a_sink_as_soon_as_they_are_final(tmp_path):
+    from flows.engine import workspace_frames
+    from transforms.pipeline import build
+
+    sb = Sandbox(tmp_path)
+    sb.land(
+        ALICE,
+        [
+            Mail("s1", ALICE, ["ceo@initech.com"], labels=["SENT"]),
+            Mail("r1", "ceo@initech.com", [ALICE]),
+        ],
+    )
+    handed: list[dict[str, pl.DataFrame]] = []
+    staged = build(sb.lake, workspace_frames(sb.ws, AS_OF), sink=handed.append)
+    # in the order the build finishes them: events after loading, the messages after the
+    # blocklist, the interactions when they are worked out
+    assert [sorted(tables) for tables in handed] == [
+        ["events"],
+        ["message_flags", "messages"],
+        ["_rapport_contact_history", "interactions"],
+    ]
+    for tables in handed:  # the very frames the build returns
+        assert all(frame is staged.tables[name] for name, frame in tables.items())
+    assert staged.tables["messages"]["message_key"].str.ends_with(":s1").sum() == 1
+    assert staged.tables["interactions"].height == 2
