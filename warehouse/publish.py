@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -152,22 +152,24 @@ class BuildingFile:
 class FileWriter(BuildingFile):
     """Builds a full run's new warehouse file in a thread of its own.
 
-    Tables are handed over with `add` as the build finishes them. Until `to_foreground`,
-    the thread and DuckDB's workers run at idle priority (`idle_priority`): their inserts
-    take only the CPU time the build leaves unused, never the build's own. `finish` adds
-    the run log (it records the gate's results), commits, checkpoints and swaps the file
-    in. `discard` drops it: nothing reaches the live file before `finish`. DuckDB's
-    inserts release the GIL, so the build's and the gate's work runs alongside them.
+    Tables are handed over with `add` as the build finishes them. Opened `in_background`,
+    the thread and DuckDB's workers run at the lowest priority (`LoweredThreads`) until
+    `to_foreground`: their inserts take mostly the CPU time the build leaves unused, not
+    the build's own. `finish` adds the run log (it records the gate's results), commits,
+    checkpoints and swaps the file in. `discard` drops it: nothing reaches the live file
+    before `finish`. DuckDB's inserts release the GIL, so the build's and the gate's work
+    runs alongside them.
     """
 
     def __init__(self, warehouse: Path, run_id: str) -> None:
         super().__init__(warehouse, building_path(warehouse, run_id), "file-writer")
         self.rows = 0
         self.added: set[str] = set()
+        self.lowered = LoweredThreads()
         self._steps: list[Future[None]] = []
 
     def open(self, in_background: bool = False) -> FileWriter:
-        """Create the file (in the writer's thread), at idle priority if `in_background`."""
+        """Create the file (in the writer's thread), at low priority if `in_background`."""
         self._steps.append(self._pool.submit(self._create, in_background))
         return self
 
@@ -186,8 +188,9 @@ class FileWriter(BuildingFile):
         return self
 
     def to_foreground(self) -> None:
-        """The writer's threads back at normal priority (the build is done)."""
-        normal_priority_again()
+        """The writer's threads back at their normal priority (the build is done)."""
+        wait(self._steps[:1])  # (the file is created: DuckDB's threads are started)
+        self.lowered.restore()
 
     def discard(self) -> None:
         """Drop the file; inserts not yet started are skipped."""
@@ -197,8 +200,9 @@ class FileWriter(BuildingFile):
 
     def _create(self, in_background: bool) -> None:
         if in_background:
-            idle_priority()  # (before connecting: DuckDB's workers inherit it)
+            self.lowered.lower_this_thread()  # (before connecting: DuckDB's workers inherit it)
         con = self.con = duckdb.connect(str(self.tmp))
+        self.lowered.adopt_new_threads()
         con.execute("SET TimeZone = 'UTC'")
         con.execute("SET preserve_insertion_order = false")  # lets inserts run in parallel
         # The frames are already in memory; DuckDB's own buffers can stay small.
@@ -239,57 +243,65 @@ class FileWriter(BuildingFile):
         self._commit_and_close()
 
 
-def idle_priority() -> None:
-    """Run this thread, and the threads it starts, at Linux's idle priority (SCHED_IDLE):
-    they get a CPU only when no normal thread wants one.
+# A writer in the background: the lowest nice value. At 1M, as fast as SCHED_IDLE (a
+# thread run only on an otherwise idle CPU; bench-compare, 5 pairs: -0.02 s, 3 of 5), but
+# on a busy machine it still gets a share of the CPU, and it is undone thread by thread.
+BACKGROUND_NICE = 19
 
-    Only where `normal_priority_again` can undo it (root, or RLIMIT_NICE allowing nice
-    0): a thread left at idle priority would crawl on a busy machine. Elsewhere, and on
-    systems without SCHED_IDLE, nothing changes.
+
+class LoweredThreads:
+    """Threads run at nice BACKGROUND_NICE until `restore` puts them back: the thread that
+    calls `lower_this_thread` and those it starts (they inherit it) until
+    `adopt_new_threads`. Where the process could not undo it (no root, RLIMIT_NICE too
+    low), nothing is lowered: a writer left at nice 19 would crawl on a busy machine.
     """
-    if not priority_restorable():
-        return
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except OSError:
-        pass
 
+    def __init__(self) -> None:
+        self.thread_ids: set[int] = set()
+        self._base = 0
+        self._before: set[int] = set()
 
-def normal_priority_again() -> None:
-    """Every thread of this process at idle priority back to normal (SCHED_OTHER)."""
-    for tid in idle_thread_ids():
+    def lower_this_thread(self) -> None:
+        tid = threading.get_native_id()
         try:
-            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
-        except OSError:  # (a thread that ended meanwhile)
-            pass
+            self._base = os.getpriority(os.PRIO_PROCESS, tid)
+            if self._base >= BACKGROUND_NICE or not may_raise_priority_to(self._base):
+                return
+            self._before = process_thread_ids()
+            os.setpriority(os.PRIO_PROCESS, tid, BACKGROUND_NICE)
+        except (AttributeError, OSError):  # (no per-thread nice here)
+            return
+        self.thread_ids.add(tid)
+
+    def adopt_new_threads(self) -> None:
+        """Count the threads started since `lower_this_thread` (they run at its nice)."""
+        if self.thread_ids:
+            self.thread_ids |= process_thread_ids() - self._before
+
+    def restore(self) -> None:
+        for tid in self.thread_ids:
+            try:
+                if os.getpriority(os.PRIO_PROCESS, tid) == BACKGROUND_NICE:
+                    os.setpriority(os.PRIO_PROCESS, tid, self._base)
+            except OSError:  # (a thread that ended meanwhile)
+                pass
+        self.thread_ids.clear()
 
 
-def idle_thread_ids() -> set[int]:
-    """The threads of this process at idle priority (SCHED_IDLE)."""
-    if not hasattr(os, "SCHED_IDLE"):
-        return set()
+def process_thread_ids() -> set[int]:
+    """The kernel's ids of this process's threads (Linux; empty elsewhere)."""
     try:
-        tids = [int(t) for t in os.listdir("/proc/self/task")]
+        return {int(t) for t in os.listdir("/proc/self/task")}
     except OSError:
         return set()
-    idle = set()
-    for tid in tids:
-        try:
-            if os.sched_getscheduler(tid) == os.SCHED_IDLE:
-                idle.add(tid)
-        except OSError:  # (a thread that ended meanwhile)
-            pass
-    return idle
 
 
-def priority_restorable() -> bool:
-    """Whether this process may take a thread from idle priority back to normal."""
-    if not hasattr(os, "SCHED_IDLE") or not os.path.isdir("/proc/self/task"):
-        return False
+def may_raise_priority_to(nice: int) -> bool:
+    """Whether this process may set a thread's nice value back down to `nice`."""
     import resource
 
-    # Leaving SCHED_IDLE for nice 0 takes root or an RLIMIT_NICE of at least 20.
-    return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
+    # Lowering a nice value takes root, or an RLIMIT_NICE of at least 20 - nice.
+    return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20 - nice
 
 
 def publish(

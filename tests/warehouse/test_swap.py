@@ -124,30 +124,34 @@ def test_a_discarded_writer_leaves_the_live_file_and_nothing_else(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["warehouse.duckdb"]
 
 
-def test_a_background_writer_inserts_at_idle_priority_until_brought_to_the_foreground(tmp_path):
+def test_a_background_writer_inserts_at_low_priority_until_brought_to_the_foreground(tmp_path):
+    import os
     import time
 
     import polars as pl
     import pytest
 
     from flows.engine import SYNC_RUN_SCHEMA
-    from warehouse.publish import FileWriter, idle_thread_ids, priority_restorable
+    from warehouse.publish import BACKGROUND_NICE, FileWriter, may_raise_priority_to
 
-    if not priority_restorable():
-        pytest.skip("this process may not leave idle priority again, so it never enters it")
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    if base >= BACKGROUND_NICE or not may_raise_priority_to(base):
+        pytest.skip("this process may not raise a thread's priority again, so never lowers it")
     live = _live_warehouse(tmp_path)
     members = pl.DataFrame({"member_id": ["m1", "m2"], "email": ["a@x.io", "b@x.io"]})
     writer = FileWriter(live, "run1").open(in_background=True).add({"members": members})
     deadline = time.monotonic() + 10
-    while not idle_thread_ids() and time.monotonic() < deadline:
+    while len(writer.lowered.thread_ids) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert idle_thread_ids()  # the writer's thread (and DuckDB's workers)
+    lowered = set(writer.lowered.thread_ids)  # the writer's thread and DuckDB's workers
+    assert len(lowered) >= 2
+    assert {os.getpriority(os.PRIO_PROCESS, tid) for tid in lowered} == {BACKGROUND_NICE}
     with pytest.raises(ValueError, match="members"):
         writer.add({"members": members})
     files = pl.DataFrame({"path": ["raw/messages/a.parquet"]})
     writer.add({"_rapport_lake_files": files})  # a second hand-over
     writer.to_foreground()
-    assert idle_thread_ids() == set()
+    assert {os.getpriority(os.PRIO_PROCESS, tid) for tid in lowered} == {base}
     assert writer.finish(pl.DataFrame(schema=SYNC_RUN_SCHEMA)) == 3
     assert _member_emails(live) == ["a@x.io", "b@x.io"]
     assert query_paths(live) == ["raw/messages/a.parquet"]
