@@ -114,12 +114,6 @@ def insert_frame(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame)
     return frame.height
 
 
-# Tables DuckDB inserts on one thread, written first so they overlap the gate. A table of
-# one to two row groups (122,880-245,760 rows) is appended by a single thread: at a million
-# messages the events (131k rows) and the contact history (174k) take ~0.12 s each.
-SINGLE_THREADED_FIRST = ("events", "_rapport_contact_history")
-
-
 class BuildingFile:
     """A run's new warehouse file (`tmp`), written by one DuckDB connection in a thread
     of its own; nothing reaches the live file until the subclass swaps it in."""
@@ -149,28 +143,43 @@ class BuildingFile:
             self.con = None
 
 
-class FileWriter(BuildingFile):
-    """Builds a full run's new warehouse file in a thread of its own.
+# The tables a full run writes on its main connection: millions of rows each, appended by
+# DuckDB on both cores. Every other table goes through a second connection in a thread of
+# its own (`FileWriter`).
+BIG_TABLES = ("messages", "interactions")
 
-    Tables are handed over with `add` as the build finishes them. Opened `in_background`,
-    the thread and DuckDB's workers run at the lowest priority (`LoweredThreads`) until
-    `to_foreground`: their inserts take mostly the CPU time the build leaves unused, not
-    the build's own. `finish` adds the run log (it records the gate's results), commits,
-    checkpoints and swaps the file in. `discard` drops it: nothing reaches the live file
-    before `finish`. DuckDB's inserts release the GIL, so the build's and the gate's work
-    runs alongside them.
+
+class FileWriter(BuildingFile):
+    """Builds a full run's new warehouse file in threads of its own.
+
+    Tables are handed over with `add` as the build finishes them. The big ones (BIG_TABLES)
+    are appended in one transaction on the main connection. The rest (a single thread
+    appends each of them, and DuckDB compresses them only at a checkpoint) go through a
+    second connection in a second thread, which commits and checkpoints after each
+    hand-over: that work overlaps the big appends instead of following them.
+
+    Opened `in_background`, both threads and DuckDB's workers run at the lowest priority
+    (`LoweredThreads`) until `to_foreground`: their inserts take mostly the CPU time the
+    build leaves unused, not the build's own. `finish` adds the run log (it records the
+    gate's results), commits, checkpoints and swaps the file in. `discard` drops it:
+    nothing reaches the live file before `finish`. DuckDB's inserts release the GIL, so
+    the build's and the gate's work runs alongside them.
     """
 
     def __init__(self, warehouse: Path, run_id: str) -> None:
         super().__init__(warehouse, building_path(warehouse, run_id), "file-writer")
         self.rows = 0
+        self._side_rows = 0  # (counted apart: the two threads add up at once)
         self.added: set[str] = set()
         self.lowered = LoweredThreads()
+        self.side: duckdb.DuckDBPyConnection | None = None
+        self._side_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="file-writer-side")
         self._steps: list[Future[None]] = []
 
     def open(self, in_background: bool = False) -> FileWriter:
-        """Create the file (in the writer's thread), at low priority if `in_background`."""
-        self._steps.append(self._pool.submit(self._create, in_background))
+        """Create the file (in the writer's threads), at low priority if `in_background`."""
+        created = self._pool.submit(self._create, in_background)
+        self._steps += [created, self._side_pool.submit(self._open_side, created, in_background)]
         return self
 
     def start(self, tables: dict[str, pl.DataFrame]) -> FileWriter:
@@ -182,26 +191,30 @@ class FileWriter(BuildingFile):
         if again := self.added & tables.keys():
             raise ValueError(f"tables added twice: {sorted(again)}")
         self.added |= tables.keys()
-        first = [name for name in SINGLE_THREADED_FIRST if name in tables]
-        for name in [*first, *(name for name in tables if name not in first)]:
+        side = {name: frame for name, frame in tables.items() if name not in BIG_TABLES}
+        for name in (name for name in tables if name in BIG_TABLES):
             self._steps.append(self._pool.submit(self._insert, name, tables[name]))
+        if side:
+            self._steps.append(self._side_pool.submit(self._insert_side, side))
         return self
 
     def to_foreground(self) -> None:
         """The writer's threads back at their normal priority (the build is done)."""
-        wait(self._steps[:1])  # (the file is created: DuckDB's threads are started)
+        wait(self._steps[:2])  # (the file is created: DuckDB's threads are started)
         self.lowered.restore()
 
     def discard(self) -> None:
         """Drop the file; inserts not yet started are skipped."""
         for step in self._steps:
             step.cancel()
+        self._side_pool.submit(self._close_side).result()
+        self._side_pool.shutdown()
         super().discard()
 
     def _create(self, in_background: bool) -> None:
         if in_background:
             self.lowered.lower_this_thread()  # (before connecting: DuckDB's workers inherit it)
-        con = self.con = duckdb.connect(str(self.tmp))
+        con = duckdb.connect(str(self.tmp))
         self.lowered.adopt_new_threads()
         con.execute("SET TimeZone = 'UTC'")
         con.execute("SET preserve_insertion_order = false")  # lets inserts run in parallel
@@ -210,16 +223,36 @@ class FileWriter(BuildingFile):
         # Each row group is flushed to the file as soon as it is full (the default holds
         # five): less memory in flight, so fewer pages the kernel must hand out first.
         con.execute("SET write_buffer_row_group_count = 1")
-        con.execute("BEGIN")
+        # (committed: the second connection works in its own transactions)
         con.execute(sql_text("schema.sql"))
         con.execute(scores_sql())
+        con.execute("BEGIN")
+        self.con = con
+
+    def _open_side(self, created: Future[None], in_background: bool) -> None:
+        created.result()
+        if in_background:
+            self.lowered.lower_this_thread()
+        assert self.con is not None
+        self.side = self.con.cursor()
+        self.side.execute("BEGIN")
 
     def _insert(self, name: str, frame: pl.DataFrame) -> None:
         # What remains is DuckDB's own append + compression, already on both cores. Measured
-        # at 1M without gain: inserting tables concurrently from cursors (each cursor is its
-        # own transaction), threads/memory_limit changes, WAL settings, CHECKPOINT vs close.
+        # at 1M without gain: threads/memory_limit changes, WAL settings, CHECKPOINT vs close.
         if self.con is not None:  # (None: creating the file failed; `finish` raises that)
             self.rows += insert_frame(self.con, name, frame)
+
+    def _insert_side(self, tables: dict[str, pl.DataFrame]) -> None:
+        if self.side is None:  # (creating the file failed; `finish` raises that)
+            return
+        for name, frame in tables.items():
+            self._side_rows += insert_frame(self.side, name, frame)
+        # Compressed and written now, while the big tables are still being appended; the
+        # main connection's open transaction does not hold a checkpoint up.
+        self.side.execute("COMMIT")
+        self.side.execute("CHECKPOINT")
+        self.side.execute("BEGIN")
 
     def finish(self, sync_runs: pl.DataFrame) -> int:
         """Insert the run log, commit and swap the file in. Returns rows published."""
@@ -229,18 +262,26 @@ class FileWriter(BuildingFile):
             self.discard()
             raise
         self._pool.shutdown()
+        self._side_pool.shutdown()
         swap_file(self.tmp, self.warehouse)
         return self.rows
 
     def _commit(self, sync_runs: pl.DataFrame) -> None:
         for step in self._steps:
             step.result()  # (done by now: raises what failed while writing)
-        assert self.con is not None
-        self.rows += insert_frame(self.con, "sync_runs", sync_runs)
-        self.con.execute(sql_text("messages_for.sql"))
+        assert self.side is not None
+        self.rows += self._side_rows + insert_frame(self.side, "sync_runs", sync_runs)
+        self.side.execute(sql_text("messages_for.sql"))
         for view in view_sql():
-            self.con.execute(view)
+            self.side.execute(view)
+        self.side.execute("COMMIT")
+        self._close_side()
         self._commit_and_close()
+
+    def _close_side(self) -> None:
+        if self.side is not None:
+            self.side.close()
+            self.side = None
 
 
 # A writer in the background: the lowest nice value. At 1M, as fast as SCHED_IDLE (a
