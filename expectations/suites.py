@@ -144,10 +144,15 @@ def _new_gate() -> PreparedGate:
 def null_or_repeated(frame: pl.LazyFrame, column: str) -> pl.LazyFrame:
     """The rows whose `column` is null or not unique.
 
-    The strings are compared only among the rows whose 64-bit hash repeats (every copy
-    of a repeated value is among them): on a million message keys 0.06 s, not 0.23 s.
+    First, as many distinct 64-bit hashes as rows and no null prove there are none (on a
+    million message keys 0.026 s, against 0.084 s for finding repeats). Otherwise the
+    strings are compared only among the rows whose hash repeats (every copy of a repeated
+    value is among them).
     """
     value = pl.col(column)
+    unique = (value.null_count() == 0) & (value.hash().n_unique() == pl.len())
+    if frame.select(unique).collect().item():
+        return frame.select(column).clear()
     return (
         frame.select(column)
         .filter(value.is_null() | value.hash().is_duplicated())
