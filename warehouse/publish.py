@@ -115,8 +115,9 @@ def insert_frame(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame)
 
 
 class BuildingFile:
-    """A run's new warehouse file (`tmp`), written by one DuckDB connection in a thread
-    of its own; nothing reaches the live file until the subclass swaps it in."""
+    """A run's new warehouse file (`tmp`), written by a DuckDB connection in a thread of
+    its own (a FileWriter adds a second); nothing reaches the live file until the subclass
+    swaps it in."""
 
     def __init__(self, warehouse: Path, tmp: Path, thread_name: str) -> None:
         self.warehouse, self.tmp = warehouse, tmp
@@ -315,9 +316,16 @@ class LoweredThreads:
         self.thread_ids.add(tid)
 
     def adopt_new_threads(self) -> None:
-        """Count the threads started since `lower_this_thread` (they run at its nice)."""
-        if self.thread_ids:
-            self.thread_ids |= process_thread_ids() - self._before
+        """Count the threads started since `lower_this_thread` that run at its nice value
+        (those it started; others started meanwhile are not counted)."""
+        if not self.thread_ids:
+            return
+        for tid in process_thread_ids() - self._before:
+            try:
+                if os.getpriority(os.PRIO_PROCESS, tid) == BACKGROUND_NICE:
+                    self.thread_ids.add(tid)
+            except OSError:  # (a thread that ended meanwhile)
+                pass
 
     def restore(self) -> None:
         for tid in self.thread_ids:
