@@ -175,12 +175,14 @@ class FileWriter(BuildingFile):
         self.lowered = LoweredThreads()
         self.side: duckdb.DuckDBPyConnection | None = None
         self._side_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="file-writer-side")
+        self._opening: list[Future[None]] = []  # (creating the file, opening the second cursor)
         self._steps: list[Future[None]] = []
 
     def open(self, in_background: bool = False) -> FileWriter:
         """Create the file (in the writer's threads), at low priority if `in_background`."""
         created = self._pool.submit(self._create, in_background)
-        self._steps += [created, self._side_pool.submit(self._open_side, created, in_background)]
+        self._opening = [created, self._side_pool.submit(self._open_side, created, in_background)]
+        self._steps += self._opening
         return self
 
     def start(self, tables: dict[str, pl.DataFrame]) -> FileWriter:
@@ -201,7 +203,7 @@ class FileWriter(BuildingFile):
 
     def to_foreground(self) -> None:
         """The writer's threads back at their normal priority (the build is done)."""
-        wait(self._steps[:2])  # (the file is created: DuckDB's threads are started)
+        wait(self._opening)  # (the file is created: DuckDB's threads are started)
         self.lowered.restore()
 
     def discard(self) -> None:
@@ -318,23 +320,25 @@ class LoweredThreads:
     def adopt_new_threads(self) -> None:
         """Count the threads started since `lower_this_thread` that run at its nice value
         (those it started; others started meanwhile are not counted)."""
-        if not self.thread_ids:
-            return
-        for tid in process_thread_ids() - self._before:
-            try:
-                if os.getpriority(os.PRIO_PROCESS, tid) == BACKGROUND_NICE:
-                    self.thread_ids.add(tid)
-            except OSError:  # (a thread that ended meanwhile)
-                pass
+        if self.thread_ids:
+            self.thread_ids |= {t for t in process_thread_ids() - self._before if _lowered(t)}
 
     def restore(self) -> None:
         for tid in self.thread_ids:
-            try:
-                if os.getpriority(os.PRIO_PROCESS, tid) == BACKGROUND_NICE:
+            if _lowered(tid):
+                try:
                     os.setpriority(os.PRIO_PROCESS, tid, self._base)
-            except OSError:  # (a thread that ended meanwhile)
-                pass
+                except OSError:  # (a thread that ended meanwhile)
+                    pass
         self.thread_ids.clear()
+
+
+def _lowered(tid: int) -> bool:
+    """Whether thread `tid` runs at BACKGROUND_NICE (False once it has ended)."""
+    try:
+        return os.getpriority(os.PRIO_PROCESS, tid) == BACKGROUND_NICE
+    except OSError:
+        return False
 
 
 def process_thread_ids() -> set[int]:
