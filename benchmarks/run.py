@@ -33,6 +33,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cpu import cpu_use
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SIZES = [10_000, 100_000, 1_000_000]
 DELTA_MESSAGES = 1_000
@@ -195,8 +197,10 @@ def worker_rebuild(
     out: dict[str, Any] = {"messages": size}
     out["imports_s"] = preimport()
     out["import_peak_rss_gib"] = peak_rss_gib()
-    res, wall = _publish_run(home, as_of)
+    with cpu_use() as cpu:
+        res, wall = _publish_run(home, as_of)
     out.update(_stage_times(res, wall))
+    out["cpu"] = cpu
     out["rows_published"] = res.rows_published
     out["stats"] = res.stats
     out["peak_rss_gib"] = peak_rss_gib()
@@ -235,8 +239,10 @@ def worker_rebuild_sample(size: int, workdir: Path) -> dict[str, Any]:
     os.sync()  # else the run's fsyncs would also flush the copy just made (ext4)
     out: dict[str, Any] = {"messages": size, "imports_s": preimport()}
     try:
-        res, wall = _publish_run(copy, as_of)
+        with cpu_use() as cpu:
+            res, wall = _publish_run(copy, as_of)
         out.update(_stage_times(res, wall))
+        out["cpu"] = cpu
         out["rows_published"] = res.rows_published
         out["peak_rss_gib"] = peak_rss_gib()
     finally:
@@ -244,7 +250,15 @@ def worker_rebuild_sample(size: int, workdir: Path) -> dict[str, Any]:
     return out
 
 
-REBUILD_FIELDS = ("transform_s", "validate_s", "publish_s", "rebuild_s", "stages_s", "peak_rss_gib")
+REBUILD_FIELDS = (
+    "transform_s",
+    "validate_s",
+    "publish_s",
+    "rebuild_s",
+    "stages_s",
+    "peak_rss_gib",
+    "cpu",
+)
 
 
 def median_rebuild(main: dict[str, Any], samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -369,10 +383,11 @@ def _one_incremental_run(
 
     delta, accounts = _stashed_delta(workdir)
     end, _, _ = _dates()
-    t0 = time.perf_counter()
-    counts = landed or land_workspace(delta, home.lake, accounts, now=end + timedelta(days=2))
-    land_s = 0.0 if landed else time.perf_counter() - t0
-    res, wall = _publish_run(home, as_of + INCREMENTAL_CLOCK_STEP, incremental=True)
+    with cpu_use() as cpu:
+        t0 = time.perf_counter()
+        counts = landed or land_workspace(delta, home.lake, accounts, now=end + timedelta(days=2))
+        land_s = 0.0 if landed else time.perf_counter() - t0
+        res, wall = _publish_run(home, as_of + INCREMENTAL_CLOCK_STEP, incremental=True)
     times = _stage_times(res, wall)
     total = land_s + times["rebuild_s"]
     return {
@@ -388,6 +403,7 @@ def _one_incremental_run(
         **{k: v for k, v in times.items() if k != "rebuild_s"},
         "build_validate_publish_s": times["rebuild_s"],
         "total_s": total,
+        "cpu": cpu,
         "full_rebuild_s": full_s,
         "ratio": total / full_s,
     }
@@ -1126,6 +1142,7 @@ def print_report(results: dict[str, Any]) -> None:
             row["note"],
         )
     console.print(tt)
+    print_cpu(results, console)
     print_prefect(results.get("prefect") or {}, console)
     for s in results["sizes"]:
         prof = s.get("profile")
@@ -1148,6 +1165,43 @@ def print_report(results: dict[str, Any]) -> None:
                 )
             console.print(st)
             console.print(f"profile: {prof['html']} and {prof['text']}")
+
+
+def print_cpu(results: dict[str, Any], console: Any) -> None:
+    """How busy each size's full rebuild and new-mail run kept the cores (benchmarks/cpu.py)."""
+    from rich.table import Table
+
+    rows = []
+    for s in sorted(results["sizes"], key=lambda s: s["messages"]):
+        for label, run in (
+            ("full rebuild", s),
+            ("1,000 new messages", s.get("incremental") or {}),
+        ):
+            cpu = run.get("cpu")
+            if cpu:
+                rows.append((f"{s['messages']:,}", label, cpu))
+    if not rows:
+        return
+    ct = Table(
+        title=f"CPU use ({os.cpu_count()} cores): process CPU over wall time, and how the "
+        "thread that runs the build spent the wall time"
+    )
+    for c in ("messages", "run", "wall s", "CPU s", "cores busy", "running", "waiting", "blocked"):
+        ct.add_column(c, justify="right")
+    for size, label, cpu in rows:
+        thread = [
+            f"{cpu[k]:.2f}" if k in cpu else "n/a"
+            for k in ("main_running_s", "main_waiting_for_core_s", "main_blocked_s")
+        ]
+        ct.add_row(
+            size,
+            label,
+            f"{cpu['wall_s']:.2f}",
+            f"{cpu['cpu_s']:.2f}",
+            f"{cpu['cores_busy']:.2f}",
+            *thread,
+        )
+    console.print(ct)
 
 
 def print_prefect(pf: dict[str, Any], console: Any) -> None:

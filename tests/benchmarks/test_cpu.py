@@ -1,0 +1,55 @@
+"""benchmarks.cpu: the CPU-use arithmetic, and one real measurement."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import pytest
+
+from benchmarks.cpu import cpu_figures, cpu_use, parse_schedstat
+
+
+def test_schedstat_is_read_as_seconds_running_and_waiting() -> None:
+    assert parse_schedstat("123000000 45000000 7\n") == pytest.approx((0.123, 0.045))
+
+
+def test_the_thread_blocked_for_what_it_neither_ran_nor_waited() -> None:
+    figures = cpu_figures(1.0, 1.6, before=(2.0, 0.5), after=(2.3, 0.6))
+    assert figures["cores_busy"] == pytest.approx(1.6)
+    assert figures["main_running_s"] == pytest.approx(0.3)
+    assert figures["main_waiting_for_core_s"] == pytest.approx(0.1)
+    assert figures["main_blocked_s"] == pytest.approx(0.6)
+
+
+def test_blocked_time_is_never_negative() -> None:
+    # (the clocks are read microseconds apart: running can exceed the wall time a little)
+    assert cpu_figures(0.1, 0.1, (0.0, 0.0), (0.1001, 0.0))["main_blocked_s"] == 0.0
+
+
+def test_without_thread_statistics_only_the_process_figures_are_given() -> None:
+    assert set(cpu_figures(2.0, 3.0, None, None)) == {"wall_s", "cpu_s", "cores_busy"}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="schedstat is Linux's")
+def test_a_thread_that_waits_for_another_is_counted_blocked_and_the_other_thread_s_cpu_counts() -> (
+    None
+):
+    def spin(seconds: float) -> None:
+        import time
+
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    with cpu_use() as cpu:
+        spin(0.05)  # this thread runs ...
+        worker = threading.Thread(target=spin, args=(0.1,))
+        worker.start()
+        worker.join()  # ... then blocks while another thread runs
+    assert cpu["cpu_s"] >= 0.14  # both threads' CPU
+    assert cpu["main_running_s"] >= 0.04
+    assert cpu["main_running_s"] < 0.1  # (it did not run during the join)
+    assert cpu["main_blocked_s"] >= 0.05
+    total = cpu["main_running_s"] + cpu["main_waiting_for_core_s"] + cpu["main_blocked_s"]
+    assert total == pytest.approx(cpu["wall_s"], abs=0.01)
