@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -204,6 +205,18 @@ ATTENDEES_SCHEMA = pl.Schema(
 )
 
 
+def events_from_lake(
+    files: dict[str, list[str]], frames: WorkspaceFrames
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """-> read_events' three frames, and the events table."""
+    internal_addresses, internal_domains = frames.internal
+    events, blocked_events, att = read_events(
+        files["events"], files["attendees"], internal_addresses, internal_domains
+    )
+    events_out = events_table(events, att) if events.height else pl.DataFrame(schema=EVENTS_SCHEMA)
+    return events, blocked_events, att, events_out
+
+
 def read_events(
     event_files: list[str],
     attendee_files: list[str],
@@ -300,6 +313,11 @@ def build(
 
     # --- current state of the lake
     files = lake_files(lake_dir, frames)
+    # The calendar is independent of the mail, and reading the mail leaves a core partly
+    # idle: the events are read in a thread meanwhile.
+    reading_events = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-events")
+    events_read = reading_events.submit(events_from_lake, files, frames)
+    reading_events.shutdown(wait=False)
     raw_msgs = scan_files(files["messages"], "messages").drop(MESSAGE_LAKE_COLUMNS_UNUSED)
     msgs = current_messages(raw_msgs).collect().with_row_index("_mid")
     internal_addresses, internal_domains = frames.internal  # (a sync computes it meanwhile)
@@ -310,11 +328,8 @@ def build(
         [*PARTICIPANT_ADDRESS_COLUMNS, "_aid"],  # (the address's number: name counts)
         by_row_only=True,
     ).collect()
-    events, blocked_events, att = read_events(
-        files["events"], files["attendees"], internal_addresses, internal_domains
-    )
     quarantine = read_quarantine(files["quarantine"])
-    events_out = events_table(events, att) if events.height else pl.DataFrame(schema=EVENTS_SCHEMA)
+    events, blocked_events, att, events_out = events_read.result()
     hand_over({"events": events_out})
 
     lap("load_current")
