@@ -117,9 +117,10 @@ def _message_rows_in_order(
     order: one run of rows per message (as a lake batch lands them, and a rebuild reads
     them). Checked exactly, on the strings of the run starts; else None (join instead).
     At a million messages 0.1 s, against 0.23 s for the hash join."""
-    starts = parts.select(
-        pl.any_horizontal(pl.col(c).ne_missing(pl.col(c).shift(1)) for c in cols).fill_null(True)
-    ).to_series()
+    # (each column compared in a select of its own, which Polars runs in parallel: 0.054
+    # -> 0.03 s at a million messages, against one any_horizontal over the three)
+    changes = parts.select(pl.col(c).ne_missing(pl.col(c).shift(1)) for c in cols)
+    starts = changes.select(pl.any_horizontal(pl.all()).fill_null(True)).to_series()
     if int(starts.sum()) != messages.height:
         return None
     if not parts.select(cols).filter(starts).equals(messages.select(cols)):
