@@ -618,12 +618,13 @@ def _stage_full(
 ) -> Any:
     from warehouse.publish import read_previous
 
+    previous = read_previous(home.warehouse, ("people", "companies", "person_merges"))
     return build(
         home.lake,
         frames,
-        previous_people=read_previous(home.warehouse, "people"),
-        previous_companies=read_previous(home.warehouse, "companies"),
-        previous_merges=read_previous(home.warehouse, "person_merges"),
+        previous_people=previous["people"],
+        previous_companies=previous["companies"],
+        previous_merges=previous["person_merges"],
         sink=sink,
     )
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from importlib import resources
 from pathlib import Path
@@ -66,20 +67,26 @@ def view_sql() -> list[str]:
     return [f.read_text() for f in files]
 
 
-def read_previous(warehouse: Path, table: str) -> pl.DataFrame | None:
-    """A table of the published warehouse, or None if there is none yet."""
+def read_previous(warehouse: Path, tables: Sequence[str]) -> dict[str, pl.DataFrame | None]:
+    """Tables of the published warehouse, each None if it lacks it (all None if there is
+    no warehouse yet). One connection for all: opening the file is most of the cost
+    (three tables one connection each 0.065-0.09 s at 1M messages, together 0.022 s)."""
     if not warehouse.exists():
-        return None
+        return dict.fromkeys(tables)
     con = duckdb.connect(str(warehouse), read_only=True)
     try:
-        tables = {
+        present = {
             r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
         }
-        if table not in tables:
-            return None
-        frame = con.sql(f'SELECT * FROM "{table}"').pl()  # table is ours, not user input
-        # DuckDB reports 'Etc/UTC'; staged frames use 'UTC'. Same instant, same zone.
-        return frame.with_columns(pl.col(pl.Datetime).dt.convert_time_zone("UTC"))
+        out: dict[str, pl.DataFrame | None] = {}
+        for table in tables:
+            if table not in present:
+                out[table] = None
+                continue
+            frame = con.sql(f'SELECT * FROM "{table}"').pl()  # table is ours, not user input
+            # DuckDB reports 'Etc/UTC'; staged frames use 'UTC'. Same instant, same zone.
+            out[table] = frame.with_columns(pl.col(pl.Datetime).dt.convert_time_zone("UTC"))
+        return out
     finally:
         con.close()
 

@@ -161,3 +161,28 @@ def query_paths(live: Path) -> list[str]:
     from warehouse.publish import query_readonly
 
     return [r[0] for r in query_readonly(live, "SELECT path FROM _rapport_lake_files")[1]]
+
+
+def test_the_previous_tables_are_read_through_one_connection_none_where_missing(tmp_path):
+    import duckdb
+    import polars as pl
+
+    from warehouse.publish import read_previous
+
+    missing = tmp_path / "none.duckdb"
+    assert read_previous(missing, ("people", "companies")) == {"people": None, "companies": None}
+    assert not missing.exists()  # (reading creates no file)
+
+    path = tmp_path / "w.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("CREATE TABLE people (person_id VARCHAR, created_at TIMESTAMPTZ)")
+    con.execute("INSERT INTO people VALUES ('per_1', '2026-01-02 03:04:05+00')")
+    con.close()
+    out = read_previous(path, ("people", "person_merges"))
+    assert out["person_merges"] is None
+    people = out["people"]
+    assert people is not None
+    assert people["person_id"].to_list() == ["per_1"]
+    assert people.schema["created_at"] == pl.Datetime("us", "UTC")
+    assert people["created_at"][0] == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
