@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEDSTAT = Path("/proc/thread-self/schedstat")
+CPUINFO = Path("/proc/cpuinfo")
 
 
 def parse_schedstat(text: str) -> tuple[float, float]:
@@ -72,3 +73,31 @@ def cpu_use() -> Iterator[dict[str, Any]]:
     yield out
     wall, cpu = time.perf_counter() - t0, process_cpu_s() - cpu0
     out.update(cpu_figures(wall, cpu, before, thread_times()))
+
+
+def parse_cpuinfo(text: str) -> dict[str, Any]:
+    """The processor's model and its clock (MHz, the mean over the cores listed) from
+    /proc/cpuinfo: machines of one size differ in speed (benches of the same code on two
+    2-core machines took 4.75 and 9.30 s), so each bench names its processor."""
+    models, clocks = [], []
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        name, value = name.strip(), value.strip()
+        if name == "model name":
+            models.append(value)
+        elif name == "cpu MHz":
+            try:
+                clocks.append(float(value))
+            except ValueError:
+                pass
+    out: dict[str, Any] = {"cpu_model": models[0] if models else None}
+    out["cpu_mhz"] = round(sum(clocks) / len(clocks)) if clocks else None
+    return out
+
+
+def machine() -> dict[str, Any]:
+    """`parse_cpuinfo` of this machine (None for both off Linux)."""
+    try:
+        return parse_cpuinfo(CPUINFO.read_text())
+    except OSError:
+        return {"cpu_model": None, "cpu_mhz": None}

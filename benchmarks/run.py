@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cpu import cpu_use
+from benchmarks.cpu import cpu_use, machine
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SIZES = [10_000, 100_000, 1_000_000]
@@ -1128,6 +1128,7 @@ def print_report(results: dict[str, Any]) -> None:
             f"{s['rebuild_msgs_per_s']:,.0f}",
         )
     console.print(t)
+    console.print(machine_line(results.get("meta", {})))
 
     tt = Table(title="Targets")
     for c in ("target", "value", "limit", "status", "note"):
@@ -1165,6 +1166,16 @@ def print_report(results: dict[str, Any]) -> None:
                 )
             console.print(st)
             console.print(f"profile: {prof['html']} and {prof['text']}")
+
+
+def machine_line(meta: dict[str, Any]) -> str:
+    """Where the figures were measured: processor, clock, cores, Python and platform."""
+    model = meta.get("cpu_model") or "processor unknown"
+    mhz = f" at {meta['cpu_mhz']} MHz" if meta.get("cpu_mhz") else ""
+    return (
+        f"machine: {model}{mhz}, {meta.get('cpus', '?')} cores, Python "
+        f"{meta.get('python', '?')}, {meta.get('platform', '?')}"
+    )
 
 
 def print_cpu(results: dict[str, Any], console: Any) -> None:
@@ -1366,6 +1377,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
+            **machine(),
             "versions": {d: _version(d) for d in ("polars", "duckdb", "pyarrow", "prefect", "dlt")},
             "load_average_at_start": list(os.getloadavg()),
             "sizes": args.messages,

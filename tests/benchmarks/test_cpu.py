@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from benchmarks.cpu import cpu_figures, cpu_use, parse_schedstat
+from benchmarks.cpu import cpu_figures, cpu_use, parse_cpuinfo, parse_schedstat
+from benchmarks.run import machine_line
 
 
 def test_schedstat_is_read_as_seconds_running_and_waiting() -> None:
@@ -53,3 +54,29 @@ def test_a_thread_that_waits_for_another_is_counted_blocked_and_the_other_thread
     assert cpu["main_blocked_s"] >= 0.05
     total = cpu["main_running_s"] + cpu["main_waiting_for_core_s"] + cpu["main_blocked_s"]
     assert total == pytest.approx(cpu["wall_s"], abs=0.01)
+
+
+CPUINFO = """processor\t: 0
+model name\t: AMD EPYC
+cpu MHz\t\t: 1996.249
+
+processor\t: 1
+model name\t: AMD EPYC
+cpu MHz\t\t: 2003.751
+"""
+
+
+def test_the_processor_and_its_mean_clock_are_read_from_cpuinfo() -> None:
+    assert parse_cpuinfo(CPUINFO) == {"cpu_model": "AMD EPYC", "cpu_mhz": 2000}
+    # (an ARM machine's cpuinfo names no model and gives no clock)
+    assert parse_cpuinfo("processor\t: 0\nBogoMIPS\t: 50.00\n") == {
+        "cpu_model": None,
+        "cpu_mhz": None,
+    }
+
+
+def test_the_bench_names_the_machine_it_ran_on() -> None:
+    meta = {"cpu_model": "AMD EPYC", "cpu_mhz": 2000, "cpus": 2, "python": "3.11.7"}
+    line = machine_line({**meta, "platform": "Linux-6.18-x86_64"})
+    assert line == "machine: AMD EPYC at 2000 MHz, 2 cores, Python 3.11.7, Linux-6.18-x86_64"
+    assert machine_line({}).startswith("machine: processor unknown, ? cores")
