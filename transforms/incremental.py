@@ -51,6 +51,7 @@ from transforms.metrics import (
     member_of_account,
     person_connection_sums,
     source_key,
+    utc_instant,
     with_member_email,
 )
 from transforms.pipeline import (
@@ -1022,7 +1023,9 @@ def _build_delta(
     # --- metrics: update who the delta or the clock touched from a few rows; everyone
     # else keeps their row. Decay sums are anchored at a fixed epoch (scores are views),
     # so only the pairs with interactions entering the past change.
-    became_past = (pl.col("at") > previous.as_of) & (pl.col("at") <= as_of)
+    became_past = (pl.col("at") > utc_instant(previous.as_of)) & (
+        pl.col("at") <= utc_instant(as_of)
+    )
     entering = pl.concat([delta_interactions, around.filter(became_past)])
     entering_sums = person_connection_sums(entering.lazy(), as_of).collect()
     pair = ["member_id", "person_id"]
@@ -1102,7 +1105,7 @@ def _build_delta(
             [
                 upcoming.join(touched, on=key, how="semi").select(key, "at"),
                 delta_interactions.filter(
-                    (pl.col("kind") == "meeting") & (pl.col("at") > as_of)
+                    (pl.col("kind") == "meeting") & (pl.col("at") > utc_instant(as_of))
                 ).select(key, "at"),
             ]
         )
@@ -1229,7 +1232,8 @@ def activity_update(
     """
     at, kind = pl.col("at"), pl.col("kind")
     is_email, is_meeting = kind.is_in(EMAIL_KINDS), kind == "meeting"
-    past = entering.filter(at <= as_of)
+    now_at, then_at = utc_instant(as_of), utc_instant(previous_as_of)
+    past = entering.filter(at <= now_at)
     times = past.group_by(key).agg(
         e_first=at.min(),
         e_last=at.max(),
@@ -1268,12 +1272,12 @@ def activity_update(
         then_lo, now_lo = previous_as_of - day * days, as_of - day * days
         of_kind = is_email if mail else is_meeting
         was.append(
-            (of_kind & ~pl.col("is_new") & (at > then_lo) & (at <= previous_as_of))
+            (of_kind & ~pl.col("is_new") & (at > utc_instant(then_lo)) & (at <= then_at))
             .any()
             .alias(f"{column}_was")
         )
         now.append(
-            (of_kind & ~pl.col("is_removed") & (at > now_lo) & (at <= as_of))
+            (of_kind & ~pl.col("is_removed") & (at > utc_instant(now_lo)) & (at <= now_at))
             .any()
             .alias(f"{column}_now")
         )
@@ -1289,7 +1293,7 @@ def activity_update(
             for c, _, _ in WINDOW_COUNTS
         )
     )
-    next_meeting = future.filter(at > as_of).group_by(key).agg(next_meeting_at=at.min())
+    next_meeting = future.filter(at > now_at).group_by(key).agg(next_meeting_at=at.min())
     out = (
         touched.join(previous, on=key, how="left")
         .join(times, on=key, how="left")

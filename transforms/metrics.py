@@ -27,7 +27,7 @@ formula above (with these constants) when queried.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
@@ -292,6 +292,20 @@ SUM_COLUMNS = ["f_sent", "l_sent", "f_recv", "l_recv", "f_meet", "l_meet"]
 SUM_KINDS = {"sent": "email_sent", "recv": "email_received", "meet": "meeting"}
 
 
+_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def utc_instant(moment: datetime) -> pl.Expr:
+    """A timezone-aware datetime as a literal of the interactions' type, Datetime("us",
+    "UTC"). `pl.lit` of an aware datetime runs two small queries to convert its zone
+    (0.4 ms each, ~70 of them in an incremental run); this casts its epoch microseconds."""
+    if moment.tzinfo is None:
+        raise ValueError(f"a naive datetime has no instant: {moment!r}")
+    micros = (moment - _UNIX_EPOCH) // _MICROSECOND
+    return pl.lit(micros, dtype=pl.Int64).cast(pl.Datetime("us", "UTC"))
+
+
 def person_connection_sums(interactions: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:
     """Fast (45 d) and long (365 d) anchored decay sums per (member, person) and kind,
     over the interactions up to as_of.
@@ -302,7 +316,7 @@ def person_connection_sums(interactions: pl.LazyFrame, as_of: datetime) -> pl.La
     days = (pl.col("at") - pl.lit(SCORE_EPOCH)).dt.total_microseconds() / 86_400e6
     pair = ["member_id", "person_id"]
     by_kind = (
-        interactions.filter(pl.col("at") <= as_of)
+        interactions.filter(pl.col("at") <= utc_instant(as_of))
         .select(
             *pair,
             "kind",

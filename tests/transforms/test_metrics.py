@@ -11,7 +11,7 @@ documented formula (transforms/metrics.py docstring), restated here with its con
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import polars as pl
 import pytest
@@ -21,7 +21,12 @@ from polars.testing import assert_frame_equal
 
 from tests.mailbox import AS_OF, Mail, Sandbox, ts
 from tests.warehouse.helpers import land_mail
-from transforms.metrics import INTERACTIONS_SCHEMA, SCORE_EPOCH, person_connection_sums
+from transforms.metrics import (
+    INTERACTIONS_SCHEMA,
+    SCORE_EPOCH,
+    person_connection_sums,
+    utc_instant,
+)
 
 ALICE, BOB = "alice@acme-team.io", "bob@acme-team.io"
 PAT, LEE, QUINN = "pat@initech.com", "lee@initech.com", "quinn@globex.com"
@@ -453,3 +458,28 @@ def test_moving_an_interaction_closer_to_as_of_never_lowers_the_score(base, data
     new = at_most(data, old, "new age")
     moved = [*base[:i], (kind, new, weight), *base[i + 1 :]]
     assert_not_lower(base, moved)
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2026, 6, 1, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),  # before the epoch
+        datetime(2026, 6, 1, 2, 30, 0, 7, tzinfo=timezone(timedelta(hours=2))),  # = 00:30Z
+    ],
+)
+def test_a_utc_instant_literal_is_the_same_instant_as_polars_own(moment: datetime) -> None:
+    frame = pl.select(ours=utc_instant(moment), polars=pl.lit(moment))
+    assert frame.schema["ours"] == pl.Datetime("us", "UTC")
+    assert frame["ours"].dt.epoch("us").item() == frame["polars"].dt.epoch("us").item()
+    assert frame["ours"].item() == moment
+    # and it compares as an instant against a column of that type
+    at = pl.DataFrame({"at": [moment - timedelta(microseconds=1), moment]}).cast(
+        {"at": pl.Datetime("us", "UTC")}
+    )
+    assert at.filter(pl.col("at") < utc_instant(moment)).height == 1
+
+
+def test_a_naive_datetime_is_refused_as_an_instant() -> None:
+    with pytest.raises(ValueError, match="naive"):
+        utc_instant(datetime(2026, 6, 1))
