@@ -780,6 +780,7 @@ def run_prefect(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     temporary local API, as `rapport sync` does on a laptop; kept for information.
     """
     from benchmarks.prefect_server import PrefectServerError, prefect_server
+    from flows.cli import EPHEMERAL_STARTUP_TIMEOUT, EPHEMERAL_STARTUP_TIMEOUT_S
 
     pdir = base / "prefect"
     pdir.mkdir(parents=True, exist_ok=True)
@@ -788,6 +789,8 @@ def run_prefect(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         "DO_NOT_TRACK": "1",
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "RAPPORT_GMAIL_QUOTA": "0",  # the initial sync is set-up, not measured
+        # as `rapport` sets it: creating the temporary API's database can take 20+ s
+        EPHEMERAL_STARTUP_TIMEOUT: EPHEMERAL_STARTUP_TIMEOUT_S,
     }
     worker = ["prefect", "--size", str(args.prefect_messages)]
     out: dict[str, Any] = {}
@@ -822,6 +825,8 @@ def run_prefect(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     res = _child([*worker, "--workdir", str(pdir / "ephemeral")], env=env)
     if "first_ever_flow_s" in init:
         res["first_ever_flow_s"] = init["first_ever_flow_s"]
+    elif "error" in init:
+        res["first_ever_error"] = init["error"]
     out["ephemeral"] = res
     return out
 
@@ -1054,7 +1059,7 @@ def derive(results: dict[str, Any]) -> None:
             f"temporary API (no server, `rapport sync`): first flow "
             f"{eph['overhead_first_s']:+.2f}s (starts the API), second "
             f"{eph['overhead_second_s']:+.2f}s, first ever "
-            f"(creates Prefect's database) {eph.get('first_ever_flow_s', float('nan')):.1f}s"
+            f"(creates Prefect's database) {first_ever(eph)}"
         )
     else:
         eph_note = f"temporary API: {eph.get('error', 'not measured').splitlines()[0]}"
@@ -1168,6 +1173,13 @@ def print_report(results: dict[str, Any]) -> None:
             console.print(f"profile: {prof['html']} and {prof['text']}")
 
 
+def first_ever(ephemeral: dict[str, Any]) -> str:
+    """The first-ever flow's time (it creates Prefect's database), or why it is missing."""
+    if "first_ever_flow_s" in ephemeral:
+        return f"{ephemeral['first_ever_flow_s']:.1f}s"
+    return f"failed ({ephemeral['first_ever_error']})" if "first_ever_error" in ephemeral else "?"
+
+
 def machine_line(meta: dict[str, Any]) -> str:
     """Where the figures were measured: processor, clock, cores, Python and platform."""
     model = meta.get("cpu_model") or "processor unknown"
@@ -1242,7 +1254,7 @@ def print_prefect(pf: dict[str, Any], console: Any) -> None:
         if key == "server":
             setup = f"server start {f(r, 'server_start_s')}, its first flow {f(r, 'warmup_flow_s')}"
         else:
-            setup = f"first ever (creates the database) {f(r, 'first_ever_flow_s')}"
+            setup = f"first ever (creates the database) {first_ever(r)}"
         pt.add_row(
             label,
             f(r, "import_prefect_s"),

@@ -84,6 +84,10 @@ def main_options(
     configure_prefect(h)
 
 
+EPHEMERAL_STARTUP_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+EPHEMERAL_STARTUP_TIMEOUT_S = "120"
+
+
 def configure_prefect(h: Home) -> None:
     """Local, quiet, telemetry-free Prefect; a temporary local API unless one is configured."""
     if "PREFECT_HOME" not in os.environ:
@@ -93,6 +97,9 @@ def configure_prefect(h: Home) -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+    # A first run starts the temporary API and creates its database: 29 s on a slow 2-core
+    # machine, past Prefect's 20 s default, after which the run failed.
+    os.environ.setdefault(EPHEMERAL_STARTUP_TIMEOUT, EPHEMERAL_STARTUP_TIMEOUT_S)
 
 
 # ------------------------------------------------------------------ sync

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from benchmarks.cpu import cpu_figures, cpu_use, parse_cpuinfo, parse_schedstat
-from benchmarks.run import machine_line
+from benchmarks.run import first_ever, machine_line
 
 
 def test_schedstat_is_read_as_seconds_running_and_waiting() -> None:
@@ -80,3 +80,10 @@ def test_the_bench_names_the_machine_it_ran_on() -> None:
     line = machine_line({**meta, "platform": "Linux-6.18-x86_64"})
     assert line == "machine: AMD EPYC at 2000 MHz, 2 cores, Python 3.11.7, Linux-6.18-x86_64"
     assert machine_line({}).startswith("machine: processor unknown, ? cores")
+
+
+def test_a_first_prefect_run_that_failed_says_why_instead_of_a_number() -> None:
+    assert first_ever({"first_ever_flow_s": 28.71}) == "28.7s"
+    failed = {"first_ever_error": "worker prefect-init exited with 1"}
+    assert first_ever(failed) == "failed (worker prefect-init exited with 1)"
+    assert first_ever({}) == "?"

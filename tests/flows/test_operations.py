@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 
 import duckdb
@@ -409,3 +410,24 @@ def test_prefect_deploy_all_accepts_the_file(prefect_harness, tmp_path):
         "remove-account/remove-account",
     ):
         assert name in names
+
+
+def test_the_cli_gives_prefect_s_temporary_api_time_to_create_its_database(
+    tmp_path, monkeypatch
+):
+    from flows.cli import EPHEMERAL_STARTUP_TIMEOUT, configure_prefect
+
+    # (set, then deleted: so each is put back as it was after the test)
+    touched = ("PREFECT_SERVER_ANALYTICS_ENABLED", "DO_NOT_TRACK", "PREFECT_LOGGING_LEVEL")
+    for name in (EPHEMERAL_STARTUP_TIMEOUT, "PREFECT_HOME", "PREFECT_LOGGING_TO_API_ENABLED"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    for name in touched:
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    configure_prefect(Home(tmp_path))
+    # (Prefect's own 20 s default was seen to fail a first run on a slow 2-core machine)
+    assert float(os.environ[EPHEMERAL_STARTUP_TIMEOUT]) >= 60
+    # a user's own setting is kept
+    monkeypatch.setenv(EPHEMERAL_STARTUP_TIMEOUT, "7")
+    configure_prefect(Home(tmp_path))
+    assert os.environ[EPHEMERAL_STARTUP_TIMEOUT] == "7"
