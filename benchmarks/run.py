@@ -219,6 +219,8 @@ def worker_rebuild(
         out["relabel"] = incremental_run(home, workdir, as_of, out["rebuild_s"], "relabel")
         out["delete"] = incremental_run(home, workdir, as_of, out["rebuild_s"], "delete")
         out["events"] = incremental_run(home, workdir, as_of, out["rebuild_s"], "events")
+        if profile:
+            out["incremental_profile"] = profile_incremental(home, workdir, as_of)
     if dlt_rows is not None:
         out["dlt"] = dlt_run(home.lake, workdir, *dlt_rows)
     out["final_peak_rss_gib"] = peak_rss_gib()
@@ -437,6 +439,46 @@ def profile_rebuild(home: Any, as_of: datetime, size: int) -> dict[str, Any]:
         "hotspots": hotspots(session.root_frame(), wall),
         "sites": sites.ranked(wall),
     }
+
+
+def profile_incremental(home: Any, workdir: Path, as_of: datetime) -> dict[str, Any]:
+    """One more new-mail run (the delta landed untimed), its native calls counted and
+    timed by the line of project code that made them. That run is a chain of small
+    queries, each costing about the same whatever its size, so their number is what to
+    bring down; a sampling profiler would charge them all to a few callers."""
+    from benchmarks.land import land_workspace
+    from benchmarks.profiling import timed_sites
+    from flows.workspace import Home
+
+    copy = Home(workdir / "incremental-profile")
+    shutil.rmtree(copy.root, ignore_errors=True)
+    shutil.copytree(home.root, copy.root)
+    try:
+        delta, accounts = _stashed_delta(workdir)
+        end, _, _ = _dates()
+        land_workspace(delta, copy.lake, accounts, now=end + timedelta(days=2))
+        os.sync()
+        with timed_sites() as sites:
+            res, wall = _publish_run(copy, as_of + INCREMENTAL_CLOCK_STEP, incremental=True)
+    finally:
+        shutil.rmtree(copy.root, ignore_errors=True)
+    return {
+        "wall_s": wall,
+        "mode": res.mode,
+        **native_calls(sites.totals),
+        "sites": sites.ranked(wall),
+    }
+
+
+def native_calls(totals: dict[str, list[float]]) -> dict[str, float]:
+    """Calls and seconds per engine ("polars", "duckdb", ...) from a SiteTimer's totals,
+    whose sites end their label's first part with "[engine]"."""
+    out: dict[str, float] = {}
+    for site, (seconds, calls) in totals.items():
+        engine = site.partition("[")[2].partition("]")[0] or "other"
+        out[f"{engine}_calls"] = out.get(f"{engine}_calls", 0) + calls
+        out[f"{engine}_s"] = out.get(f"{engine}_s", 0.0) + seconds
+    return out
 
 
 def hotspots(root: Any, wall: float, top: int = 20) -> list[dict[str, Any]]:
@@ -1171,6 +1213,24 @@ def print_report(results: dict[str, Any]) -> None:
                 )
             console.print(st)
             console.print(f"profile: {prof['html']} and {prof['text']}")
+        inc = s.get("incremental_profile")
+        if inc:
+            it = Table(
+                title=f"The 1,000-new-message run over {s['messages']:,}: "
+                f"{inc['wall_s']:.2f} s, {inc.get('polars_calls', 0):.0f} Polars queries "
+                f"({inc.get('polars_s', 0.0):.2f} s), {inc.get('duckdb_calls', 0):.0f} DuckDB "
+                "calls; by line of project code"
+            )
+            for c in ("call site [engine]", "calls", "s", "share"):
+                it.add_column(c)
+            for h in inc["sites"][:19] + inc["sites"][-1:]:
+                it.add_row(
+                    escape(h["site"]),
+                    "" if h["calls"] is None else str(h["calls"]),
+                    f"{h['seconds']:.3f}",
+                    f"{h['share']:.0%}",
+                )
+            console.print(it)
 
 
 def first_ever(ephemeral: dict[str, Any]) -> str:

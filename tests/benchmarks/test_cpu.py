@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from benchmarks.cpu import cpu_figures, cpu_use, parse_cpuinfo, parse_schedstat
-from benchmarks.run import first_ever, machine_line
+from benchmarks.run import first_ever, machine_line, native_calls
 
 
 def test_schedstat_is_read_as_seconds_running_and_waiting() -> None:
@@ -87,3 +87,18 @@ def test_a_first_prefect_run_that_failed_says_why_instead_of_a_number() -> None:
     failed = {"first_ever_error": "worker prefect-init exited with 1"}
     assert first_ever(failed) == "failed (worker prefect-init exited with 1)"
     assert first_ever({}) == "?"
+
+
+def test_native_calls_are_summed_per_engine() -> None:
+    totals = {
+        "transforms/a.py:10 f [polars] x.collect()": [0.5, 3],
+        "transforms/b.py:20 g [polars] y.join(z)": [0.25, 2],
+        "warehouse/delta.py:5 h [duckdb] cur.sql(q)": [0.125, 1],
+        "(outside project code) [polars]": [0.0625, 1],
+    }
+    assert native_calls(totals) == {
+        "polars_calls": 6,
+        "polars_s": 0.8125,
+        "duckdb_calls": 1,
+        "duckdb_s": 0.125,
+    }
