@@ -1132,7 +1132,6 @@ def derive(results: dict[str, Any]) -> None:
 
 def print_report(results: dict[str, Any]) -> None:
     from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
 
     console = Console(width=200)
@@ -1201,36 +1200,36 @@ def print_report(results: dict[str, Any]) -> None:
             for h in prof["hotspots"][:15]:
                 pt.add_row(h["function"], f"{h['seconds']:.2f}", f"{h['share']:.0%}")
             console.print(pt)
-            st = Table(title="... by line of project code that started the native work")
-            for c in ("call site [engine]", "calls", "s", "share"):
-                st.add_column(c)
-            for h in prof["sites"][:19] + prof["sites"][-1:]:
-                st.add_row(
-                    escape(h["site"]),
-                    "" if h["calls"] is None else str(h["calls"]),
-                    f"{h['seconds']:.2f}",
-                    f"{h['share']:.0%}",
-                )
-            console.print(st)
+            title = "... by line of project code that started the native work"
+            console.print(site_table(title, prof["sites"], "{:.2f}"))
             console.print(f"profile: {prof['html']} and {prof['text']}")
         inc = s.get("incremental_profile")
         if inc:
-            it = Table(
-                title=f"The 1,000-new-message run over {s['messages']:,}: "
+            title = (
+                f"The 1,000-new-message run over {s['messages']:,}: "
                 f"{inc['wall_s']:.2f} s, {inc.get('polars_calls', 0):.0f} Polars queries "
                 f"({inc.get('polars_s', 0.0):.2f} s), {inc.get('duckdb_calls', 0):.0f} DuckDB "
                 "calls; by line of project code"
             )
-            for c in ("call site [engine]", "calls", "s", "share"):
-                it.add_column(c)
-            for h in inc["sites"][:19] + inc["sites"][-1:]:
-                it.add_row(
-                    escape(h["site"]),
-                    "" if h["calls"] is None else str(h["calls"]),
-                    f"{h['seconds']:.3f}",
-                    f"{h['share']:.0%}",
-                )
-            console.print(it)
+            console.print(site_table(title, inc["sites"], "{:.3f}"))
+
+
+def site_table(title: str, sites: list[dict[str, Any]], seconds: str) -> Any:
+    """A SiteTimer ranking as a table: the top 19 call sites and the Python between them."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=title)
+    for c in ("call site [engine]", "calls", "s", "share"):
+        table.add_column(c)
+    for h in sites[:19] + sites[-1:]:
+        table.add_row(
+            escape(h["site"]),
+            "" if h["calls"] is None else str(h["calls"]),
+            seconds.format(h["seconds"]),
+            f"{h['share']:.0%}",
+        )
+    return table
 
 
 def first_ever(ephemeral: dict[str, Any]) -> str:
