@@ -46,7 +46,10 @@ def event_source_key() -> pl.Expr:
 
 
 def events_table(events: pl.DataFrame, attendees: pl.DataFrame) -> pl.DataFrame:
-    """The contract `events` table: visible copies, one row per account and occurrence."""
+    """The contract `events` table: visible copies, one row per account and occurrence
+    (no events: an empty table of EVENTS_SCHEMA)."""
+    if events.is_empty():
+        return pl.DataFrame(schema=EVENTS_SCHEMA)
     key = message_key(events.lazy(), attendees.lazy(), "event_id")  # (`_mid`: read_events)
     people = attendees.with_columns(addr=shown_addresses(attendees))
     organizer = (

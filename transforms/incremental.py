@@ -36,7 +36,6 @@ import polars as pl
 from transforms.addresses import may_normalise_into, normalise_addresses
 from transforms.current import current_messages, current_participants, latest_versions
 from transforms.events import (
-    EVENTS_SCHEMA,
     attendee_candidates,
     current_events,
     event_source_key,
@@ -986,9 +985,7 @@ def _build_delta(
     append = {
         "messages": messages_out,
         "message_flags": message_flags_table(visible, vparts),
-        "events": events_table(events, att)
-        if events.height
-        else pl.DataFrame(schema=EVENTS_SCHEMA),
+        "events": events_table(events, att),
         "quarantine": quarantine.select(
             "account_id", "stream", "item_id", "reason", "detail", "fetched_at"
         ),

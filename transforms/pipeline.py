@@ -23,7 +23,6 @@ from connectors import lake
 from transforms.addresses import domain_table, normalise_addresses, repeated, shown_addresses
 from transforms.current import current_messages, current_participants, latest_versions
 from transforms.events import (
-    EVENTS_SCHEMA,
     attendee_candidates,
     current_events,
     events_table,
@@ -213,8 +212,7 @@ def events_from_lake(
     events, blocked_events, att = read_events(
         files["events"], files["attendees"], internal_addresses, internal_domains
     )
-    events_out = events_table(events, att) if events.height else pl.DataFrame(schema=EVENTS_SCHEMA)
-    return events, blocked_events, att, events_out
+    return events, blocked_events, att, events_table(events, att)
 
 
 def read_events(

@@ -9,6 +9,7 @@ import pyarrow as pa
 from polars.testing import assert_frame_equal
 
 from connectors.lake import MESSAGE_SCHEMA, PARTICIPANT_SCHEMA
+from transforms.events import EVENTS_SCHEMA, events_table
 from transforms.incremental import RELANDED_MAIL, changed_items, changed_rows
 from transforms.records import address_keys, touched_people
 
@@ -150,3 +151,10 @@ def test_a_relanding_is_the_same_mail_when_only_labels_other_than_sent_moved():
     assert not same(was, _landing(["INBOX"], 2, [("from", "ann@globex.com", "A")]))
     renamed = [("from", "ann@globex.com", "Ann Lee"), *parts[1:]]
     assert not same(was, _landing(["INBOX"], 2, renamed))
+
+
+def test_no_events_make_an_empty_events_table_of_the_contract_schema() -> None:
+    # (a run without calendar items appends this, full or incremental)
+    no_events = pl.DataFrame(schema={"account_id": pl.String, "event_id": pl.String})
+    table = events_table(no_events, pl.DataFrame(schema={"event_id": pl.String}))
+    assert_frame_equal(table, pl.DataFrame(schema=EVENTS_SCHEMA))
