@@ -110,6 +110,16 @@ class SiteTimer:
 
         return timed
 
+    def by_engine(self) -> dict[str, float]:
+        """Calls and seconds per engine ("polars_calls", "polars_s", "duckdb_calls", ...):
+        each site's label ends its first part with the "[engine]" `_site` gave it."""
+        out: dict[str, float] = {}
+        for site, (seconds, calls) in self.totals.items():
+            engine = site.partition("[")[2].partition("]")[0] or "other"
+            out[f"{engine}_calls"] = out.get(f"{engine}_calls", 0) + calls
+            out[f"{engine}_s"] = out.get(f"{engine}_s", 0.0) + seconds
+        return out
+
     def ranked(self, wall: float, top: int = 25) -> list[dict[str, Any]]:
         rows = sorted(self.totals.items(), key=lambda kv: -kv[1][0])[:top]
         out = [

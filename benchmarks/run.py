@@ -465,20 +465,9 @@ def profile_incremental(home: Any, workdir: Path, as_of: datetime) -> dict[str, 
     return {
         "wall_s": wall,
         "mode": res.mode,
-        **native_calls(sites.totals),
+        **sites.by_engine(),
         "sites": sites.ranked(wall),
     }
-
-
-def native_calls(totals: dict[str, list[float]]) -> dict[str, float]:
-    """Calls and seconds per engine ("polars", "duckdb", ...) from a SiteTimer's totals,
-    whose sites end their label's first part with "[engine]"."""
-    out: dict[str, float] = {}
-    for site, (seconds, calls) in totals.items():
-        engine = site.partition("[")[2].partition("]")[0] or "other"
-        out[f"{engine}_calls"] = out.get(f"{engine}_calls", 0) + calls
-        out[f"{engine}_s"] = out.get(f"{engine}_s", 0.0) + seconds
-    return out
 
 
 def hotspots(root: Any, wall: float, top: int = 20) -> list[dict[str, Any]]:

@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from benchmarks.cpu import cpu_figures, cpu_use, parse_cpuinfo, parse_schedstat
-from benchmarks.run import first_ever, machine_line, native_calls
+from benchmarks.profiling import SiteTimer
+from benchmarks.run import first_ever, machine_line
 
 
 def test_schedstat_is_read_as_seconds_running_and_waiting() -> None:
@@ -90,13 +91,14 @@ def test_a_first_prefect_run_that_failed_says_why_instead_of_a_number() -> None:
 
 
 def test_native_calls_are_summed_per_engine() -> None:
-    totals = {
+    timer = SiteTimer()
+    timer.totals = {
         "transforms/a.py:10 f [polars] x.collect()": [0.5, 3],
         "transforms/b.py:20 g [polars] y.join(z)": [0.25, 2],
         "warehouse/delta.py:5 h [duckdb] cur.sql(q)": [0.125, 1],
         "(outside project code) [polars]": [0.0625, 1],
     }
-    assert native_calls(totals) == {
+    assert timer.by_engine() == {
         "polars_calls": 6,
         "polars_s": 0.8125,
         "duckdb_calls": 1,
