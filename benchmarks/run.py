@@ -219,6 +219,8 @@ def worker_rebuild(
         out["relabel"] = incremental_run(home, workdir, as_of, out["rebuild_s"], "relabel")
         out["delete"] = incremental_run(home, workdir, as_of, out["rebuild_s"], "delete")
         out["events"] = incremental_run(home, workdir, as_of, out["rebuild_s"], "events")
+        out["few"] = incremental_run(home, workdir, as_of, out["rebuild_s"], "few")
+        out["copy_floor"] = copy_floor(home, workdir, out["rebuild_s"])
         if profile:
             out["incremental_profile"] = profile_incremental(home, workdir, as_of)
     if dlt_rows is not None:
@@ -278,19 +280,29 @@ def median_rebuild(main: dict[str, Any], samples: list[dict[str, Any]]) -> dict[
     if len(same) < len(samples):
         out["rebuild_samples_left_out"] = [s for s in samples if s not in same]
     out["rebuild_over_floor"] = out["rebuild_s"] / out["floor_s"]
-    for kind in ("incremental", "relabel", "delete", "events"):
+    for kind in INCREMENTAL_KINDS:
         if kind in out:
             out[kind] = {
                 **out[kind],
                 "full_rebuild_s": out["rebuild_s"],
                 "ratio": out[kind]["total_s"] / out["rebuild_s"],
             }
+    if "copy_floor" in out:
+        floor = out["copy_floor"]
+        out["copy_floor"] = {
+            **floor,
+            "full_rebuild_s": out["rebuild_s"],
+            "ratio": floor["copy_s"] / out["rebuild_s"],
+        }
     return out
 
 
 # A sync's clock moves on between runs: the incremental run's as_of is this much later.
 INCREMENTAL_CLOCK_STEP = timedelta(minutes=15)
 
+
+# The deltas benched over the published state (see `incremental_run`).
+INCREMENTAL_KINDS = ("incremental", "relabel", "delete", "events", "few")
 
 # Each incremental figure is the median of this many runs from the same published state:
 # single runs of ~0.5 s varied by +-10% on the 2-core machine.
@@ -304,7 +316,8 @@ def incremental_run(
     Other kinds of delta instead: "relabel" lands 1,000 published messages again with a
     new label (what a label or read-state change makes a connector do); "delete" lands
     deletes of DELETED_MESSAGES published messages; "events" moves or cancels
-    CHANGED_EVENTS published meetings.
+    CHANGED_EVENTS published meetings; "few" lands only the delta's first FEW_MESSAGES
+    messages (what a run costs whatever its delta).
 
     Run INCREMENTAL_RUNS times, each on its own copy of the published home (warehouse,
     lake and state before the delta); the run with the median total is reported, with
@@ -322,6 +335,7 @@ def incremental_run(
             "relabel": _land_relabels,
             "delete": _land_deletes,
             "events": _land_event_changes,
+            "few": _land_few,
         }[kind]
         land = land(copy, workdir) if land else None
         os.sync()  # else the run's fsyncs would also flush the copy just made (ext4)
@@ -376,6 +390,61 @@ def _land_event_changes(home: Any, workdir: Path) -> dict[str, int]:
     _, accounts = _stashed_delta(workdir)
     end, _, _ = _dates()
     return change_events(home.lake, accounts, CHANGED_EVENTS, now=end + timedelta(days=2))
+
+
+# The smallest new-mail delta benched: a run's cost that does not follow its delta.
+FEW_MESSAGES = 10
+
+
+def first_messages(ws: Any, n: int) -> Any:
+    """The workspace cut to its first `n` messages (every mailbox's copy of each) and
+    their participants; no events."""
+    from dataclasses import replace
+
+    import polars as pl
+
+    ids = ws.messages["message_id"].unique(maintain_order=True).head(n).implode()
+    return replace(
+        ws,
+        messages=ws.messages.filter(pl.col("message_id").is_in(ids)),
+        participants=ws.participants.filter(pl.col("message_id").is_in(ids)),
+        events=ws.events.clear(),
+        attendees=ws.attendees.clear(),
+    )
+
+
+def _land_few(home: Any, workdir: Path) -> dict[str, int]:
+    """The delta's first FEW_MESSAGES messages, landed as a connector lands new mail."""
+    from benchmarks.land import land_workspace
+
+    delta, accounts = _stashed_delta(workdir)
+    end, _, _ = _dates()
+    few = first_messages(delta, FEW_MESSAGES)
+    return land_workspace(few, home.lake, accounts, now=end + timedelta(days=2))
+
+
+def copy_floor(home: Any, workdir: Path, full_s: float, runs: int = 3) -> dict[str, Any]:
+    """The least an incremental publish does whatever its delta: copy the published file
+    and fsync the copy (warehouse.delta.copy_live: DuckDB lets no writer in beside
+    analysts' readers, so a run writes into a copy and swaps it in). Median of `runs`."""
+    from warehouse.delta import copy_live
+
+    times = []
+    for _ in range(runs):
+        copy = workdir / "copy-floor.duckdb"
+        os.sync()  # (this run's fsync flushes only its own copy)
+        t0 = time.perf_counter()
+        copy_live(home.warehouse, copy)
+        times.append(time.perf_counter() - t0)
+        copy.unlink()
+    median = statistics.median(times)
+    return {
+        "copy_s": median,
+        "runs_s": [round(t, 4) for t in times],
+        "bytes": home.warehouse.stat().st_size,
+        "full_rebuild_s": full_s,
+        "ratio": median / full_s,
+    }
 
 
 def _one_incremental_run(
@@ -1032,6 +1101,7 @@ def derive(results: dict[str, Any]) -> None:
             ("relabel", "label changes", "relanded_unchanged"),
             ("delete", "deleted messages", "messages_deleted"),
             ("events", "moved or cancelled meetings", "events_removed"),
+            ("few", "new messages", None),
         ):
             rel = s.get(kind)
             if not rel:
@@ -1043,6 +1113,18 @@ def derive(results: dict[str, Any]) -> None:
                 "",
                 None,
                 _incremental_note(rel, stat),
+            )
+        floor = s.get("copy_floor")
+        if floor:
+            target(
+                f"copy + fsync of the published file, {s['messages']:,} msgs (x full)",
+                round(floor["ratio"], 3),
+                "",
+                None,
+                f"{floor['copy_s']:.2f}s for {floor['bytes'] / 2**20:,.0f} MiB: what every"
+                " incremental publish does (median of "
+                + " / ".join(f"{t:.2f}" for t in floor["runs_s"])
+                + ")",
             )
     for s in ordered:
         d = s.get("dlt")
@@ -1247,6 +1329,7 @@ def print_cpu(results: dict[str, Any], console: Any) -> None:
         for label, run in (
             ("full rebuild", s),
             ("1,000 new messages", s.get("incremental") or {}),
+            (f"{FEW_MESSAGES} new messages", s.get("few") or {}),
         ):
             cpu = run.get("cpu")
             if cpu:
