@@ -412,9 +412,7 @@ def test_prefect_deploy_all_accepts_the_file(prefect_harness, tmp_path):
         assert name in names
 
 
-def test_the_cli_gives_prefect_s_temporary_api_time_to_create_its_database(
-    tmp_path, monkeypatch
-):
+def test_the_cli_gives_prefect_s_temporary_api_time_to_create_its_database(tmp_path, monkeypatch):
     from flows.cli import EPHEMERAL_STARTUP_TIMEOUT, configure_prefect
 
     # (set, then deleted: so each is put back as it was after the test)
