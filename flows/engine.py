@@ -607,6 +607,8 @@ def build_and_publish(
         run_row["rows_published"] = published_rows
         append_run(home, run_row)
         delta.finish(load_runs(home))
+        # (the file the run wrote into: the standby brought up to date, or a copy)
+        result.stats["published_from_standby"] = int(delta.writer.source == "standby")
     timings["publish_s"] = round(time.perf_counter() - t0, 3)
     result.rows_published = published_rows
     result.timings = timings

@@ -12,6 +12,7 @@ questions (`DuckLookup`) meanwhile.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,11 +29,20 @@ from transforms.incremental import PREVIOUS_TABLES, Previous, Upsert
 from warehouse.publish import (
     BuildingFile,
     arrow_view,
+    discard_file,
     insert_frame,
     score_constants,
     sql_text,
-    swap_file,
 )
+from warehouse.standby import (
+    Journal,
+    journal_path,
+    replay,
+    swap_keeping_standby,
+    take_standby,
+)
+
+log = logging.getLogger(__name__)
 
 
 def _sql(name: str, **names: str) -> str:
@@ -277,11 +287,36 @@ class DeltaWriter(BuildingFile):
     def __init__(self, warehouse: Path, tmp: Path) -> None:
         super().__init__(warehouse, tmp, "delta-writer")
         self.error: BaseException | None = None
+        self.journal: Journal | None = None
+        self.source = ""  # "standby" or "copy": where the run's file came from
+        self.replayed = 0  # journal steps replayed into the standby
         self._pool.submit(self._run, self._open)
 
     def _open(self) -> None:
-        self.con = open_copy(copy_live(self.warehouse, self.tmp))
-        self.con.execute("BEGIN")
+        """The run's file: the standby brought up to date (warehouse/standby.py), else a
+        copy of the live file; then this run's journal, for the next run's standby."""
+        journal = take_standby(self.warehouse, self.tmp)
+        if journal is not None:
+            try:
+                self.con = open_copy(self.tmp)
+                self.con.execute("BEGIN")
+                self.replayed = replay(self.con, journal)
+                self.source = "standby"
+            except Exception as exc:  # e.g. an analyst holds it open: DuckDB's lock
+                log.warning("standby not used, copying the live file: %s", exc)
+                self._close()
+                self.con = None
+                discard_file(self.tmp)
+        if self.con is None:
+            self.con = open_copy(copy_live(self.warehouse, self.tmp))
+            self.con.execute("BEGIN")
+            self.source = "copy"
+        self.journal = Journal(journal_path(self.tmp))
+
+    def _record(self, kind: str, table: str, frame: pl.DataFrame | None = None) -> None:
+        assert self.journal is not None
+        if frame is None or frame.height:
+            self.journal.record(kind, table, frame)
 
     def _run(self, job: Callable[[], object]) -> None:
         if self.error is None:
@@ -301,7 +336,9 @@ class DeltaWriter(BuildingFile):
         assert self.con is not None
         for name, frame in tables.items():
             self.con.execute(f'DELETE FROM "{name}"')
+            self._record("clear", name)
             insert_frame(self.con, name, frame)
+            self._record("insert", name, frame)
 
     def append(self, tables: dict[str, pl.DataFrame], deletes: dict[str, pl.DataFrame]) -> None:
         """Rows added to tables, after deleting rows by key (`deletes`: the keys per table)."""
@@ -311,8 +348,10 @@ class DeltaWriter(BuildingFile):
         assert self.con is not None
         for name, keys in deletes.items():
             delete_keys(self.con, name, keys)
+            self._record("delete", name, keys)
         for name, frame in tables.items():
             insert_frame(self.con, name, frame)
+            self._record("insert", name, frame)
 
     def upsert(self, upserts: dict[str, Upsert]) -> None:
         """Rows written over tables by key."""
@@ -321,8 +360,11 @@ class DeltaWriter(BuildingFile):
     def _upsert(self, upserts: dict[str, Upsert]) -> None:
         assert self.con is not None
         for name, upsert in upserts.items():
-            delete_keys(self.con, name, upsert.delete_keys())
+            keys = upsert.delete_keys()
+            delete_keys(self.con, name, keys)
+            self._record("delete", name, keys)
             insert_frame(self.con, name, upsert.rows)
+            self._record("insert", name, upsert.rows)
 
     def checkpoint(self) -> None:
         """Commit and checkpoint what was handed over so far (compressing the appended
@@ -346,8 +388,14 @@ class DeltaWriter(BuildingFile):
         """Commit, checkpoint and swap the copy in (after every write handed over)."""
         self._submit(self._commit_and_close)
         self.wait()
-        swap_file(self.tmp, self.warehouse)
+        assert self.journal is not None
+        swap_keeping_standby(self.tmp, self.warehouse, self.journal)
         self._pool.shutdown()
+
+    def discard(self) -> None:
+        super().discard()  # (waits for the thread: the journal is made by then)
+        if self.journal is not None:
+            self.journal.discard()
 
 
 def delete_keys(con: duckdb.DuckDBPyConnection, name: str, keys: pl.DataFrame) -> None:

@@ -273,6 +273,9 @@ class FileWriter(BuildingFile):
             raise
         self._pool.shutdown()
         self._side_pool.shutdown()
+        from warehouse.standby import drop_standby
+
+        drop_standby(self.warehouse)  # (before the swap: it may hold mail this file drops)
         swap_file(self.tmp, self.warehouse)
         return self.rows
 

@@ -1,0 +1,178 @@
+"""The standby file: the second incremental run in a row writes into the file the first
+one replaced, brought up to date from the first run's journal, instead of copying the
+live file (warehouse/standby.py)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+
+from flows.workspace import Home
+from tests.flows.test_incremental import (
+    ALICE,
+    HISTORY,
+    assert_equals_full_rebuild,
+    publish,
+    sandbox_home,
+)
+from tests.mailbox import AS_OF, Mail, Sandbox
+from warehouse.standby import manifest_path, standby_path
+
+DAY = timedelta(days=1)
+
+
+def _two_incremental_runs(tmp_path: Path) -> tuple[Sandbox, Home, list]:
+    """A full build, then two days of new mail, each published incrementally."""
+    box, home = sandbox_home(tmp_path)
+    box.land(ALICE, HISTORY)
+    outs = [publish(home, AS_OF)]
+    box.land(ALICE, [Mail("d1", "ann@globex.com", [ALICE], at="2026-06-01T12:00:00")])
+    outs.append(publish(home, AS_OF + DAY))
+    box.land(ALICE, [Mail("d2", ALICE, ["eve@hooli.com"], at="2026-06-02T12:00:00")])
+    outs.append(publish(home, AS_OF + 2 * DAY))
+    return box, home, outs
+
+
+def _journals(home: Home) -> list[Path]:
+    return sorted(home.warehouse.parent.glob(f".{home.warehouse.name}.*.journal"))
+
+
+def test_the_second_incremental_run_writes_into_the_standby_and_equals_a_full_build(tmp_path):
+    _, home, (full, first, second) = _two_incremental_runs(tmp_path)
+
+    assert full.mode == "full"
+    assert (first.mode, first.stats["published_from_standby"]) == ("incremental", 0)
+    assert (second.mode, second.stats["published_from_standby"]) == ("incremental", 1)
+    # The file the second run replaced is the next standby, with the second run's journal.
+    assert standby_path(home.warehouse).exists() and manifest_path(home.warehouse).exists()
+    assert len(_journals(home)) == 1
+    assert second.stats["delta_messages"] == 1
+    # A full build removes the standby and its journal (they may hold purged mail).
+    assert_equals_full_rebuild(home, AS_OF + 2 * DAY)
+    assert not standby_path(home.warehouse).exists()
+    assert not manifest_path(home.warehouse).exists()
+    assert _journals(home) == []
+
+
+def _tables(con: duckdb.DuckDBPyConnection, schema: str) -> list[str]:
+    rows = con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY 1", [schema]
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_the_journal_brings_the_standby_to_every_row_of_the_live_file(tmp_path):
+    from warehouse.standby import replay, usable_journal
+
+    _, home, _ = _two_incremental_runs(tmp_path)
+    journal = usable_journal(home.warehouse)
+    assert journal is not None
+    scratch = tmp_path / "scratch.duckdb"
+    shutil.copyfile(standby_path(home.warehouse), scratch)
+
+    con = duckdb.connect(str(scratch))
+    try:
+        con.execute(f"ATTACH '{home.warehouse}' AS live (READ_ONLY)")
+        before = {
+            t: con.execute(f'SELECT count(*) FROM scratch."{t}"').fetchall()[0][0]
+            for t in _tables(con, "scratch")
+        }
+        assert replay(con, journal) > 0
+        names = _tables(con, "scratch")
+        assert names == _tables(con, "live")
+        differing = [
+            name
+            for name in names
+            if con.execute(
+                f'SELECT count(*) FROM ((FROM scratch."{name}" EXCEPT ALL FROM live."{name}")'
+                f' UNION ALL (FROM live."{name}" EXCEPT ALL FROM scratch."{name}"))'
+            ).fetchall()[0][0]
+        ]
+        after = {
+            t: con.execute(f'SELECT count(*) FROM scratch."{t}"').fetchall()[0][0] for t in names
+        }
+    finally:
+        con.close()
+    assert differing == []
+    assert after["messages"] == before["messages"] + 1  # (the standby was a run behind)
+
+
+def test_a_standby_an_analyst_holds_open_is_left_to_them_and_the_run_copies(tmp_path):
+    box, home = sandbox_home(tmp_path)
+    box.land(ALICE, HISTORY)
+    publish(home, AS_OF)
+    # An analyst opens the live file; the next run makes that file the standby.
+    analyst = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys\n"
+            f"con = duckdb.connect({str(home.warehouse)!r}, read_only=True)\n"
+            "print(con.execute('SELECT count(*) FROM messages').fetchall()[0][0], flush=True)\n"
+            "sys.stdin.readline()\n"
+            "print(con.execute('SELECT count(*) FROM messages').fetchall()[0][0], flush=True)\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert analyst.stdout is not None and analyst.stdin is not None
+        seen = analyst.stdout.readline().strip()
+        box.land(ALICE, [Mail("d1", "ann@globex.com", [ALICE], at="2026-06-01T12:00:00")])
+        publish(home, AS_OF + DAY)
+        box.land(ALICE, [Mail("d2", ALICE, ["eve@hooli.com"], at="2026-06-02T12:00:00")])
+        out = publish(home, AS_OF + 2 * DAY)
+        assert (out.mode, out.stats["published_from_standby"]) == ("incremental", 0)
+        analyst.stdin.write("\n")
+        analyst.stdin.flush()
+        assert analyst.stdout.readline().strip() == seen  # their snapshot, unchanged
+    finally:
+        analyst.kill()
+        analyst.wait()
+    assert not list(home.root.glob(".*.building*"))
+    assert_equals_full_rebuild(home, AS_OF + 2 * DAY)
+
+
+def _third_run(box: Sandbox, home: Home):
+    box.land(ALICE, [Mail("d3", "ben@globex.com", [ALICE], at="2026-06-03T08:00:00")])
+    return publish(home, AS_OF + 3 * DAY)
+
+
+def test_a_standby_written_since_its_run_is_not_used(tmp_path):
+    box, home, _ = _two_incremental_runs(tmp_path)
+    with open(standby_path(home.warehouse), "ab") as fh:  # (any write, e.g. a crash's)
+        fh.write(b"\0")
+
+    out = _third_run(box, home)
+
+    assert (out.mode, out.stats["published_from_standby"]) == ("incremental", 0)
+    assert_equals_full_rebuild(home, AS_OF + 3 * DAY)
+
+
+def test_a_journal_that_does_not_read_back_whole_is_not_used(tmp_path):
+    box, home, _ = _two_incremental_runs(tmp_path)
+    [journal] = _journals(home)
+    part = sorted(journal.glob("*.arrow"))[-1]
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+
+    out = _third_run(box, home)
+
+    assert (out.mode, out.stats["published_from_standby"]) == ("incremental", 0)
+    assert_equals_full_rebuild(home, AS_OF + 3 * DAY)
+
+
+def test_a_copy_of_the_whole_folder_keeps_its_standby(tmp_path):
+    box, home, _ = _two_incremental_runs(tmp_path / "a")
+    moved = tmp_path / "b"
+    shutil.copytree(home.root, moved)  # (keeps mtimes, as the bench's copies do)
+    box.root, box.lake = moved, moved / "lake"  # (it lands into the copy from here)
+
+    out = _third_run(box, Home(moved))
+
+    assert (out.mode, out.stats["published_from_standby"]) == ("incremental", 1)
