@@ -1,13 +1,14 @@
 """Incremental publish: apply a staged delta to a copy of the live warehouse, then swap.
 
-A writer thread (`DeltaWriter`) copies the live file (a page-cache copy of ~250 MB at a
-million messages), writes the run into the copy as the build hands rows over, and
-checkpoints it; once the gate passes, the copy is fsynced and renamed over the live
-file. Nobody sees the copy before that rename, so the run's two transactions (the bulk,
-checkpointed while the build ends, then the last rows) are as atomic as one. Analysts
-keep their snapshot exactly as with a full publish, and a failed run leaves the live
-file untouched. The live file, opened read-only, answers the incremental build's
-questions (`DuckLookup`) meanwhile.
+A writer thread (`DeltaWriter`) takes the standby (the file the last incremental run
+replaced, brought up to date from that run's journal: warehouse/standby.py) or else
+copies the live file (a page-cache copy of ~250 MB at a million messages), writes the
+run into it as the build hands rows over, and checkpoints it; once the gate passes,
+the file is fsynced and renamed over the live file. Nobody sees it before that
+rename, so the run's two transactions (the bulk, checkpointed while the build ends,
+then the last rows) are as atomic as one. Analysts keep their snapshot exactly as
+with a full publish, and a failed run leaves the live file untouched. The live file,
+opened read-only, answers the incremental build's questions (`DuckLookup`) meanwhile.
 """
 
 from __future__ import annotations
@@ -276,8 +277,10 @@ class DuckLookup:
 class DeltaWriter(BuildingFile):
     """Writes an incremental run into a copy of the live file, in a thread of its own.
 
-    The thread first copies the live file (a page-cache copy, off the GIL) and opens the
-    copy in one transaction; then it runs the writes in the order they are handed over.
+    The thread first takes the standby and replays the last run's journal into it, or
+    else copies the live file (a page-cache copy, off the GIL), and opens the file in one
+    transaction; then it runs the writes in the order they are handed over, keeping each
+    in this run's journal (the next run's standby is brought up to date from it).
     The build hands over rows as soon as they are final, so writing overlaps with the
     rest of the build and with the gate. `finish` commits, checkpoints and swaps the copy
     in; `discard` drops it. A failed write is raised by `finish`, and nothing after it
