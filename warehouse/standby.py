@@ -161,24 +161,34 @@ def replay(con: duckdb.DuckDBPyConnection, journal: Path) -> int:
     return len(steps)
 
 
+# A journal larger than this share of the warehouse file is not kept: replaying it
+# (a large delta, say a backfill) would cost more than copying the file.
+MAX_JOURNAL_SHARE = 0.2
+
+
 def swap_keeping_standby(tmp: Path, warehouse: Path, journal: Journal) -> bool:
     """fsync `tmp`, rename it over the live file, and keep the replaced file as the
     standby with `journal` (this run's writes) to bring it up to date. Returns whether
-    a standby was kept (not without hard links: then the old file is simply deleted)."""
+    a standby was kept: not without hard links, nor with a journal over
+    MAX_JOURNAL_SHARE of the file's size; then the replaced file is simply deleted."""
     fsync_path(tmp)
     journal.close()
+    journal_bytes = sum(f.stat().st_size for f in journal.folder.iterdir())
+    small = journal_bytes <= MAX_JOURNAL_SHARE * tmp.stat().st_size
     manifest = manifest_path(warehouse)
     manifest.unlink(missing_ok=True)
     standby = standby_path(warehouse)
-    retired = tmp.with_name(tmp.name.removesuffix(".building") + ".retired")
-    if standby.exists():  # (an older standby that was not taken: freed in a thread)
-        os.replace(standby, retired)
+    # Files dropped here keep a second name until a thread deletes them: freeing a large
+    # file's blocks happens in the call that drops its last name (see publish.swap_file).
+    base = tmp.name.removesuffix(".building")
+    old_standby = tmp.with_name(base + ".standby.retired")
+    old_live = tmp.with_name(base + ".retired")
+    if standby.exists():  # (an older standby that was not taken)
+        os.replace(standby, old_standby)
     replaced = file_identity(warehouse)
-    try:
-        os.link(warehouse, standby)
-        kept = True
-    except OSError:  # no hard links here: no standby
-        kept = False
+    kept = small and _linked(warehouse, standby)
+    if not kept:
+        _linked(warehouse, old_live)
     os.replace(tmp, warehouse)
     fsync_dir(warehouse.parent)
     if kept:
@@ -192,8 +202,22 @@ def swap_keeping_standby(tmp: Path, warehouse: Path, journal: Journal) -> bool:
         written.write_text(json.dumps(body))
         os.replace(written, manifest)
     _remove_journals(warehouse, keep=journal.folder if kept else None)
-    threading.Thread(target=retired.unlink, kwargs={"missing_ok": True}).start()
+    threading.Thread(target=_unlink, args=(old_standby, old_live)).start()
     return kept
+
+
+def _linked(path: Path, name: Path) -> bool:
+    """Give `path` a second name; False where there are no hard links."""
+    try:
+        os.link(path, name)
+    except OSError:
+        return False
+    return True
+
+
+def _unlink(*paths: Path) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def drop_standby(warehouse: Path) -> None:

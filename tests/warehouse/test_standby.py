@@ -176,3 +176,16 @@ def test_a_copy_of_the_whole_folder_keeps_its_standby(tmp_path):
     out = _third_run(box, Home(moved))
 
     assert (out.mode, out.stats["published_from_standby"]) == ("incremental", 1)
+
+
+def test_a_journal_too_large_to_be_worth_replaying_is_not_kept(tmp_path, monkeypatch):
+    import warehouse.standby as standby
+
+    monkeypatch.setattr(standby, "MAX_JOURNAL_SHARE", 0.0)  # (every journal is too large)
+    _, home, (_, first, second) = _two_incremental_runs(tmp_path)
+
+    assert first.stats["published_from_standby"] == second.stats["published_from_standby"] == 0
+    assert not standby_path(home.warehouse).exists()
+    assert not manifest_path(home.warehouse).exists()
+    assert _journals(home) == []
+    assert_equals_full_rebuild(home, AS_OF + 2 * DAY)
