@@ -1058,6 +1058,10 @@ def derive(results: dict[str, Any]) -> None:
             {"target": name, "value": value, "limit": limit, "status": status, "note": note}
         )
 
+    def share(name: str, ratio: float, note: str) -> None:
+        """A share of the full rebuild reported without a target."""
+        target(f"{name} (x full)", round(ratio, 3), "", None, note)
+
     big = next((s for s in sizes if s["messages"] == TARGET_SIZE), None)
     if big is None and sizes:
         big = ordered[-1]
@@ -1119,34 +1123,27 @@ def derive(results: dict[str, Any]) -> None:
             if not rel:
                 continue
             changed = rel["delta_events"] if kind == "events" else rel["delta_messages"]
-            target(
-                f"{changed:,} {what} over {s['messages']:,} (x full)",
-                round(rel["ratio"], 3),
-                "",
-                None,
+            share(
+                f"{changed:,} {what} over {s['messages']:,}",
+                rel["ratio"],
                 _incremental_note(rel, stat),
             )
         quiet = s.get("no_new_mail")
         if quiet:
-            target(
-                f"a sync with nothing new over {s['messages']:,} (x full)",
-                round(quiet["ratio"], 3),
-                "",
-                None,
+            share(
+                f"a sync with nothing new over {s['messages']:,}",
+                quiet["ratio"],
                 f"{quiet['wall_s']:.2f}s ({quiet['mode']}; run once, before the others:"
                 " they start from the standby it leaves)",
             )
         floor = s.get("copy_floor")
         if floor:
-            target(
-                f"copy + fsync of the published file, {s['messages']:,} msgs (x full)",
-                round(floor["ratio"], 3),
-                "",
-                None,
+            runs = " / ".join(f"{t:.2f}" for t in floor["runs_s"])
+            share(
+                f"copy + fsync of the published file, {s['messages']:,} msgs",
+                floor["ratio"],
                 f"{floor['copy_s']:.2f}s for {floor['bytes'] / 2**20:,.0f} MiB: what an"
-                " incremental publish without a standby does first (median of "
-                + " / ".join(f"{t:.2f}" for t in floor["runs_s"])
-                + ")",
+                f" incremental publish without a standby does first (median of {runs})",
             )
     for s in ordered:
         d = s.get("dlt")
