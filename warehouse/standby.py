@@ -164,17 +164,29 @@ def replay(con: duckdb.DuckDBPyConnection, journal: Path) -> int:
 # A journal larger than this share of the warehouse file is not kept: replaying it
 # (a large delta, say a backfill) would cost more than copying the file.
 MAX_JOURNAL_SHARE = 0.2
+# Nor is a standby of a smaller file than this (RAPPORT_STANDBY_MIN_BYTES): copying a
+# small file costs less than the replay. Measured (runs alternating in one process):
+# 10k messages, 8 MiB, a run with nothing new 0.50 s copying against 0.59 s with the
+# standby; 100k, 33 MiB, 10 new messages 0.745 against 0.709 s; 1M, 237 MiB, 1,000 new
+# messages 1.23 against 1.00 s.
+STANDBY_MIN_BYTES = 32 * 2**20
+
+
+def standby_min_bytes() -> int:
+    return int(os.environ.get("RAPPORT_STANDBY_MIN_BYTES", STANDBY_MIN_BYTES))
 
 
 def swap_keeping_standby(tmp: Path, warehouse: Path, journal: Journal) -> bool:
     """fsync `tmp`, rename it over the live file, and keep the replaced file as the
     standby with `journal` (this run's writes) to bring it up to date. Returns whether
-    a standby was kept: not without hard links, nor with a journal over
-    MAX_JOURNAL_SHARE of the file's size; then the replaced file is simply deleted."""
+    a standby was kept: not without hard links, nor for a file under
+    `standby_min_bytes()`, nor with a journal over MAX_JOURNAL_SHARE of the file's size;
+    then the replaced file is simply deleted."""
     fsync_path(tmp)
     journal.close()
     journal_bytes = sum(f.stat().st_size for f in journal.folder.iterdir())
-    small = journal_bytes <= MAX_JOURNAL_SHARE * tmp.stat().st_size
+    size = tmp.stat().st_size
+    worth = size >= standby_min_bytes() and journal_bytes <= MAX_JOURNAL_SHARE * size
     manifest = manifest_path(warehouse)
     manifest.unlink(missing_ok=True)
     standby = standby_path(warehouse)
@@ -186,7 +198,7 @@ def swap_keeping_standby(tmp: Path, warehouse: Path, journal: Journal) -> bool:
     if standby.exists():  # (an older standby that was not taken)
         os.replace(standby, old_standby)
     replaced = file_identity(warehouse)
-    kept = small and _linked(warehouse, standby)
+    kept = worth and _linked(warehouse, standby)
     if not kept:
         _linked(warehouse, old_live)
     os.replace(tmp, warehouse)

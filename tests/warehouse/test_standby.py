@@ -189,3 +189,12 @@ def test_a_journal_too_large_to_be_worth_replaying_is_not_kept(tmp_path, monkeyp
     assert not manifest_path(home.warehouse).exists()
     assert _journals(home) == []
     assert_equals_full_rebuild(home, AS_OF + 2 * DAY)
+
+
+def test_a_file_too_small_to_be_worth_a_standby_is_copied_each_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAPPORT_STANDBY_MIN_BYTES", str(2**40))
+    _, home, (_, first, second) = _two_incremental_runs(tmp_path)
+
+    assert first.stats["published_from_standby"] == second.stats["published_from_standby"] == 0
+    assert not standby_path(home.warehouse).exists()
+    assert _journals(home) == []
