@@ -275,10 +275,16 @@ def measure(
 
 
 def publish_each(roots: dict[str, Path], workdir: Path, as_of: str) -> Path:
-    """A published home per side (its own code's full build), for incremental samples."""
-    out = workdir / "published"
+    """A published home per side, for incremental samples: its own code's full build,
+    then a sync with nothing new, so each sample starts from the state syncs leave (with
+    a standby, warehouse/standby.py, where the side's code keeps one)."""
+    out, full = workdir / "published", workdir / "published-full"
+    nothing = workdir / "no-delta"
+    nothing.mkdir(exist_ok=True)
     for side, root in roots.items():
-        sample(root, workdir / "home", out / side, as_of, False, workdir / "delta", keep=True)
+        sample(root, workdir / "home", full / side, as_of, False, nothing, keep=True)
+        sample(root, full / side, out / side, as_of, True, nothing, keep=True)
+        shutil.rmtree(full / side, ignore_errors=True)
     return out
 
 
@@ -362,7 +368,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"full rebuild: {args.pairs} pairs, base {result['base']}, new {result['new']}")
             compare("full", workdir / "home", prep["as_of"], False)
         if args.incremental:
-            print("incremental (1,000 new messages): each side publishes its own home first")
+            print(
+                "incremental (1,000 new messages): each side publishes its own home first,"
+                " then syncs once with nothing new"
+            )
             published = publish_each(roots, workdir, prep["as_of"])
             compare("incremental", published, prep["incremental_as_of"], True)
     finally:

@@ -53,6 +53,8 @@ def test_compares_head_with_this_tree(tmp_path: Path) -> None:
     assert full[0]["rows_published"] == full[1]["rows_published"] > 0
     inc = [r for r in result["runs"] if r["mode"] == "incremental"]
     assert [r["stats"]["delta_messages"] for r in inc] == [1000, 1000]
+    # Each side's home was as syncs leave it: the run wrote into the standby.
+    assert [r["stats"]["published_from_standby"] for r in inc] == [1, 1]
     assert result["full"]["wall_s"]["pairs"] == 1
     # Each side ran its own code, and the base's checkout is gone.
     assert Path(full[0]["code"]).parent.parent != Path(full[1]["code"]).parent.parent
