@@ -292,7 +292,6 @@ class DeltaWriter(BuildingFile):
         self.error: BaseException | None = None
         self.journal: Journal | None = None
         self.source = ""  # "standby" or "copy": where the run's file came from
-        self.replayed = 0  # journal steps replayed into the standby
         self._pool.submit(self._run, self._open)
 
     def _open(self) -> None:
@@ -303,7 +302,7 @@ class DeltaWriter(BuildingFile):
             try:
                 self.con = open_copy(self.tmp)
                 self.con.execute("BEGIN")
-                self.replayed = replay(self.con, journal)
+                replay(self.con, journal)
                 self.source = "standby"
             except Exception as exc:  # e.g. an analyst holds it open: DuckDB's lock
                 log.warning("standby not used, copying the live file: %s", exc)

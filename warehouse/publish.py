@@ -25,6 +25,7 @@ import duckdb
 import polars as pl
 
 from connectors.lake import fsync_dir, fsync_path
+from warehouse.standby import drop_standby
 
 
 def sql_text(name: str) -> str:
@@ -273,8 +274,6 @@ class FileWriter(BuildingFile):
             raise
         self._pool.shutdown()
         self._side_pool.shutdown()
-        from warehouse.standby import drop_standby
-
         drop_standby(self.warehouse)  # (before the swap: it may hold mail this file drops)
         swap_file(self.tmp, self.warehouse)
         return self.rows

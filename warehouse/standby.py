@@ -33,8 +33,6 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from connectors.lake import fsync_dir, fsync_path
-
 MANIFEST_VERSION = 1
 
 
@@ -177,12 +175,13 @@ def standby_min_bytes() -> int:
 
 
 def swap_keeping_standby(tmp: Path, warehouse: Path, journal: Journal) -> bool:
-    """fsync `tmp`, rename it over the live file, and keep the replaced file as the
-    standby with `journal` (this run's writes) to bring it up to date. Returns whether
-    a standby was kept: not without hard links, nor for a file under
-    `standby_min_bytes()`, nor with a journal over MAX_JOURNAL_SHARE of the file's size;
-    then the replaced file is simply deleted."""
-    fsync_path(tmp)
+    """Swap `tmp` in (publish.swap_file), keeping the replaced file as the standby with
+    `journal` (this run's writes) to bring it up to date. Returns whether a standby was
+    kept: not without hard links, nor for a file under `standby_min_bytes()`, nor with a
+    journal over MAX_JOURNAL_SHARE of the file's size; then the replaced file is simply
+    deleted."""
+    from warehouse.publish import swap_file
+
     journal.close()
     journal_bytes = sum(f.stat().st_size for f in journal.folder.iterdir())
     size = tmp.stat().st_size
@@ -190,19 +189,14 @@ def swap_keeping_standby(tmp: Path, warehouse: Path, journal: Journal) -> bool:
     manifest = manifest_path(warehouse)
     manifest.unlink(missing_ok=True)
     standby = standby_path(warehouse)
-    # Files dropped here keep a second name until a thread deletes them: freeing a large
-    # file's blocks happens in the call that drops its last name (see publish.swap_file).
-    base = tmp.name.removesuffix(".building")
-    old_standby = tmp.with_name(base + ".standby.retired")
-    old_live = tmp.with_name(base + ".retired")
-    if standby.exists():  # (an older standby that was not taken)
+    # An older standby that was not taken keeps a second name until a thread deletes it:
+    # freeing a large file's blocks happens in the call that drops its last name.
+    old_standby = tmp.with_name(tmp.name.removesuffix(".building") + ".standby.retired")
+    if standby.exists():
         os.replace(standby, old_standby)
     replaced = file_identity(warehouse)
     kept = worth and _linked(warehouse, standby)
-    if not kept:
-        _linked(warehouse, old_live)
-    os.replace(tmp, warehouse)
-    fsync_dir(warehouse.parent)
+    swap_file(tmp, warehouse)  # (drops the replaced file's other name; a standby stays)
     if kept:
         body = {
             "version": MANIFEST_VERSION,
@@ -214,7 +208,7 @@ def swap_keeping_standby(tmp: Path, warehouse: Path, journal: Journal) -> bool:
         written.write_text(json.dumps(body))
         os.replace(written, manifest)
     _remove_journals(warehouse, keep=journal.folder if kept else None)
-    threading.Thread(target=_unlink, args=(old_standby, old_live)).start()
+    threading.Thread(target=old_standby.unlink, kwargs={"missing_ok": True}).start()
     return kept
 
 
@@ -225,11 +219,6 @@ def _linked(path: Path, name: Path) -> bool:
     except OSError:
         return False
     return True
-
-
-def _unlink(*paths: Path) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
 
 
 def drop_standby(warehouse: Path) -> None:
