@@ -470,6 +470,25 @@ def build_and_publish(
     incremental: bool = True,
 ) -> PublishResult:
     """Build, gate and publish: incrementally when the delta allows, else in full."""
+    with contextlib.ExitStack() as engine:
+        return _build_and_publish(
+            home, run_id, as_of, stream_results, started_at, validate, incremental, engine
+        )
+
+
+def _build_and_publish(
+    home: Home,
+    run_id: str,
+    as_of: datetime,
+    stream_results: list[StreamResult],
+    started_at: datetime,
+    validate: bool,
+    incremental: bool,
+    engine: contextlib.ExitStack,
+) -> PublishResult:
+    """build_and_publish; `engine` holds Polars' engine for the run's queries: in-memory
+    while the run may be incremental (its small queries, reading the workspace and the
+    state, writing), the default again once it is a full build."""
     from expectations.suites import prepare_gate, run_gate
     from transforms.incremental import fingerprint
 
@@ -481,6 +500,7 @@ def build_and_publish(
     full_build_reason = _full_build_reason(home, incremental)
     live = None
     if full_build_reason is None:
+        engine.enter_context(small_queries())
         # The live file is opened meanwhile (~0.01-0.02 s, most of it DuckDB starting a
         # database, off the GIL): an incremental run's questions and state are read there.
         from warehouse.delta import open_live
@@ -512,6 +532,8 @@ def build_and_publish(
     )
     if isinstance(delta, str):
         from warehouse.publish import FileWriter
+
+        engine.close()  # (millions of rows: the default engine)
 
         # The new file is written while the build goes on, at the lowest priority: mostly
         # from the CPU time the build leaves unused (1M: publish after the gate 1.95 ->
@@ -559,14 +581,13 @@ def build_and_publish(
         t0 = time.perf_counter()
         internal, _ = frames.internal
         try:
-            with small_queries() if mode == "incremental" else contextlib.nullcontext():
-                gate = run_gate(
-                    gate_tables,
-                    normalise_blocklist(frames.blocklist),
-                    internal,
-                    as_of,
-                    prepared.result() if prepared is not None else None,
-                )
+            gate = run_gate(
+                gate_tables,
+                normalise_blocklist(frames.blocklist),
+                internal,
+                as_of,
+                prepared.result() if prepared is not None else None,
+            )
         except BaseException:
             writer.discard()
             raise

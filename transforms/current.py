@@ -88,9 +88,11 @@ def with_message_row(parts: pl.DataFrame, messages: pl.DataFrame) -> pl.DataFram
     cols = ["account_id", "message_id", "version"]
 
     def exact() -> pl.DataFrame:
-        return parts.join(messages.select(*cols, "_mid"), on=cols, how="inner")
+        return parts.join(
+            messages.select(*cols, "_mid"), on=cols, how="inner", maintain_order="left"
+        )
 
-    if parts.is_empty() or messages.is_empty():
+    if parts.is_empty() or messages.is_empty() or parts.height <= addresses.SMALL_INPUT_ROWS:
         return exact()
     in_order = _message_rows_in_order(parts, messages, cols)
     if in_order is not None:

@@ -20,6 +20,7 @@ import polars as pl
 import pyarrow as pa
 
 from connectors import lake
+from transforms import addresses as address_rules
 from transforms.addresses import domain_table, normalise_addresses, repeated, shown_addresses
 from transforms.current import current_messages, current_participants, latest_versions
 from transforms.events import (
@@ -584,7 +585,10 @@ def interaction_rows(
         people.select("person_id", "company_id"), on="person_id", how="left"
     ).with_columns(_contact=pl.col("person_id").str.contains("@", literal=True))
     meetings = meeting_interactions(events.lazy(), att.lazy(), keys.lazy(), frames.accounts)
-    if message_key(visible.lazy(), vparts.lazy()) != ["_mid"]:
+    # (by position below: for the millions of rows of a full build; a few thousand rows
+    # take fewer queries as one plan of plain joins)
+    few_rows = vparts.height <= address_rules.SMALL_INPUT_ROWS
+    if few_rows or message_key(visible.lazy(), vparts.lazy()) != ["_mid"]:
         rows = dedupe_interactions(
             pl.concat(
                 [

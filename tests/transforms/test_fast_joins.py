@@ -26,6 +26,17 @@ from transforms.pipeline import NAME_SOURCE, lists_by_row, row_offsets
 from transforms.records import name_counts, name_counts_by_address
 from transforms.rules import with_internal_flag
 
+
+@pytest.fixture(scope="module", params=["hash joins", "string joins"])
+def input_size_path(request):
+    """A test twice: small inputs take the string joins (an incremental run's), so the
+    hash joins of a full build's millions of rows are forced by a threshold of 0."""
+    kept = addresses.SMALL_INPUT_ROWS
+    addresses.SMALL_INPUT_ROWS = 0 if request.param == "hash joins" else kept
+    yield request.param
+    addresses.SMALL_INPUT_ROWS = kept
+
+
 ADDRESS_POOL = [
     "Ann@Example.com",
     "ann+news@example.com",
@@ -87,6 +98,7 @@ def exact_message_rows(parts: pl.DataFrame, msgs: pl.DataFrame) -> pl.DataFrame:
     return parts.join(msgs.select(*cols, "_mid"), on=cols, how="inner")
 
 
+@pytest.mark.usefixtures("input_size_path")
 @settings(max_examples=60, deadline=None)
 @given(rows=participant_rows, versions=message_versions)
 def test_participants_get_their_current_messages_row_exactly(rows, versions):
@@ -95,6 +107,7 @@ def test_participants_get_their_current_messages_row_exactly(rows, versions):
     assert canonical(got).equals(canonical(exact_message_rows(parts, msgs)))
 
 
+@pytest.mark.usefixtures("input_size_path")
 @settings(max_examples=60, deadline=None)
 @given(
     versions=message_versions,
@@ -132,6 +145,7 @@ def always_colliding(real):
     return key_hash
 
 
+@pytest.mark.usefixtures("input_size_path")
 def test_a_colliding_message_key_takes_the_exact_join(monkeypatch):
     parts = participants_frame(
         [("acc_a", "m1", 1, "to", "x@y.com"), ("acc_a", "m2", 2, "to", "z@y.com")]
@@ -144,6 +158,7 @@ def test_a_colliding_message_key_takes_the_exact_join(monkeypatch):
     assert canonical(got).equals(canonical(exact_message_rows(parts, msgs)))
 
 
+@pytest.mark.usefixtures("input_size_path")
 @settings(max_examples=60, deadline=None)
 @given(rows=participant_rows)
 def test_address_normalisation_matches_the_scalar_rules_row_by_row(rows):
@@ -189,6 +204,7 @@ def test_the_domain_prefilter_drops_other_ascii_addresses():
     assert kept == ["ann@Acme.io", "zoë@x.de"]  # (non-ASCII: its IDNA form may differ)
 
 
+@pytest.mark.usefixtures("input_size_path")
 @pytest.mark.parametrize("collide", [False, True])
 def test_address_normalisation_survives_a_hash_collision(monkeypatch, collide):
     parts = participants_frame(
@@ -254,6 +270,7 @@ def test_row_offsets_equal_searching_the_sorted_rows(mids, extra):
     assert row_offsets(sorted_mids, n).to_list() == expected.to_list()
 
 
+@pytest.mark.usefixtures("input_size_path")
 def test_interactions_by_position_equal_the_plain_joins(tmp_path, monkeypatch):
     """Repeats inside a message (To and Cc), across two mailboxes of one member, a
     contact who is no person, and received mail: both ways give the same rows."""
@@ -406,6 +423,7 @@ def test_message_flags_mark_the_mail_whose_every_participant_is_internal(parts, 
     assert flags["internal_only"].all()
 
 
+@pytest.mark.usefixtures("input_size_path")
 @pytest.mark.parametrize("collide", [False, True])
 def test_the_internal_flag_per_distinct_address_equals_the_flag_per_row(monkeypatch, collide):
     """normalise_addresses(internal=..., columns=...) flags each distinct address once;
@@ -454,6 +472,7 @@ name_rows = st.lists(
 )
 
 
+@pytest.mark.usefixtures("input_size_path")
 @settings(max_examples=80, deadline=None)
 @given(rows=name_rows)
 def test_name_counts_by_address_number_equal_name_counts_by_the_strings(rows):
