@@ -234,14 +234,17 @@ def changed_rows(
     `among`: values of (some of) the key columns outside which the caller knows that
     nothing changed; only rows with those values are compared.
     """
-    old = old.select(new.columns).cast(new.schema)
+    # One plan for the three answers: a run's many small queries cost mostly their start.
+    now, was = new.lazy(), old.lazy().select(new.columns).cast(new.schema)
     if among is not None:
         cols = among.columns
-        new = new.join(among, on=cols, how="semi", nulls_equal=True)
-        old = old.join(among, on=cols, how="semi", nulls_equal=True)
-    rows = new.join(old, on=new.columns, how="anti", nulls_equal=True)
-    gone = old.select(key).join(new.select(key), on=key, how="anti", nulls_equal=True)
-    return Upsert.over(key, rows, old, gone)
+        now = now.join(among.lazy(), on=cols, how="semi", nulls_equal=True)
+        was = was.join(among.lazy(), on=cols, how="semi", nulls_equal=True)
+    rows = now.join(was, on=new.columns, how="anti", nulls_equal=True)
+    gone = was.select(key).join(now.select(key), on=key, how="anti", nulls_equal=True)
+    stored = rows.select(key).join(was.select(key), on=key, how="semi", nulls_equal=True)
+    found = pl.collect_all([rows, stored, gone])
+    return Upsert(key, *found)
 
 
 @dataclass
@@ -1230,7 +1233,9 @@ def activity_update(
     at, kind = pl.col("at"), pl.col("kind")
     is_email, is_meeting = kind.is_in(EMAIL_KINDS), kind == "meeting"
     now_at, then_at = utc_instant(as_of), utc_instant(previous_as_of)
-    past = entering.filter(at <= now_at)
+    # One lazy plan, collected once (a run's many small queries cost mostly their start).
+    touched, previous, source_rows = touched.lazy(), previous.lazy(), source_rows.lazy()
+    past = entering.lazy().filter(at <= now_at)
     times = past.group_by(key).agg(
         e_first=at.min(),
         e_last=at.max(),
@@ -1239,7 +1244,7 @@ def activity_update(
         e_first_meeting=at.filter(is_meeting).min(),
         e_last_meeting=at.filter(is_meeting).max(),
     )
-    ids = members.select("member_id", "email")
+    ids = members.lazy().select("member_id", "email")
     previous_last = (
         previous.join(
             ids.rename({"email": "last_interaction_member"}),
@@ -1290,7 +1295,7 @@ def activity_update(
             for c, _, _ in WINDOW_COUNTS
         )
     )
-    next_meeting = future.filter(at > now_at).group_by(key).agg(next_meeting_at=at.min())
+    next_meeting = future.lazy().filter(at > now_at).group_by(key).agg(next_meeting_at=at.min())
     out = (
         touched.join(previous, on=key, how="left")
         .join(times, on=key, how="left")
@@ -1313,4 +1318,4 @@ def activity_update(
             column: pl.col(column).fill_null(0) + pl.col(f"{column}_change").fill_null(0)
             for column, _, _ in WINDOW_COUNTS
         },
-    )
+    ).collect()

@@ -68,6 +68,10 @@ STATE_TABLES = (
 
 def _utc(frame: pl.DataFrame) -> pl.DataFrame:
     # DuckDB reports 'Etc/UTC'; staged frames use 'UTC'. Same instant, same zone.
+    # (Only frames that need it: a query each, of a run's many small ones.)
+    zones = {t.time_zone for t in frame.schema.values() if isinstance(t, pl.Datetime)}
+    if zones <= {"UTC"}:
+        return frame
     return frame.with_columns(pl.col(pl.Datetime).dt.convert_time_zone("UTC"))
 
 
