@@ -30,12 +30,14 @@ def _name_key() -> pl.Expr:
 
 def name_merge_pairs(people: pl.DataFrame, domain_info: pl.DataFrame) -> pl.DataFrame:
     """(person_id, survivor_id, name, domain) for every person to fold into an older one."""
+    # One plan, collected once (an incremental run's small frames cost mostly per query).
     addr = (
-        people.filter(_name_key().is_not_null())
+        people.lazy()
         .select("person_id", "created_at", name_key=_name_key(), email="email_addresses")
+        .filter(pl.col("name_key").is_not_null())
         .explode("email")
         .with_columns(raw=pl.col("email").str.split("@").list.last())
-        .join(domain_info, left_on="raw", right_on="domain", how="inner")
+        .join(domain_info.lazy(), left_on="raw", right_on="domain", how="inner")
         .filter(pl.col("registrable_domain").is_not_null() & ~pl.col("is_free_mail"))
         .select("person_id", "created_at", "name_key", "registrable_domain")
         .unique()
@@ -48,6 +50,7 @@ def name_merge_pairs(people: pl.DataFrame, domain_info: pl.DataFrame) -> pl.Data
         .explode("members")
         .rename({"members": "person_id"})
         .filter(pl.col("person_id") != pl.col("survivor_id"))
+        .collect()
     )
     if groups.is_empty():
         return pl.DataFrame(

@@ -518,12 +518,14 @@ def finish_records(
     if domain_info is None:
         domain_info = domain_info_for(people, frames.extra_free_mail)
     created_lookup = (
-        people.select("created_at", email="email_addresses")
+        people.lazy()
+        .select("created_at", email="email_addresses")
         .explode("email")
         .with_columns(raw=pl.col("email").str.split("@").list.last())
-        .join(domain_info, left_on="raw", right_on="domain")
+        .join(domain_info.lazy(), left_on="raw", right_on="domain")
         .group_by(domain="registrable_domain")
         .agg(created_at=pl.min("created_at"))
+        .collect()
     )
     companies = build_companies(
         people,

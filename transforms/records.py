@@ -263,6 +263,8 @@ def split_names(names: pl.Series, known: pl.DataFrame | None = None) -> pl.DataF
     if known is not None and known.height:
         reused = known.cast(SCHEMA_NAMES).filter(pl.col("display_name").is_in(distinct.implode()))
         distinct = distinct.filter(~distinct.is_in(reused["display_name"].implode()))
+    if distinct.is_empty():  # (every name parsed by an earlier run: most incremental runs)
+        return reused
     plain = _plain_two_word_names(distinct)
     simple = pl.DataFrame({"display_name": distinct.filter(plain)}).with_columns(
         name=pl.col("display_name"),
@@ -608,6 +610,8 @@ def address_keys(addresses: pl.Series, known: pl.DataFrame | None = None) -> pl.
     if known is not None and known.height:
         hits = distinct.join(known.cast(ADDRESS_KEYS_SCHEMA), on="address")
         distinct = distinct.join(hits, on="address", how="anti")
+        if distinct.is_empty():  # (every address known: most incremental runs)
+            return hits.sort("address")
     fresh = (
         normalise_addresses(distinct.lazy(), "address")
         .select("address", "canonical_key")
@@ -635,9 +639,14 @@ def build_companies(
 
     `extra_domains` maps an extra domain to the primary domain it joins (configuration only).
     """
-    addr = people.select("person_id", email="email_addresses").explode("email").drop_nulls()
-    addr = addr.with_columns(raw_domain=pl.col("email").str.split("@").list.last()).join(
-        domain_info, left_on="raw_domain", right_on="domain", how="left"
+    # Lazy plans, collected twice (an incremental run's small frames cost mostly per query).
+    addr = (
+        people.lazy()
+        .select("person_id", email="email_addresses")
+        .explode("email")
+        .drop_nulls()
+        .with_columns(raw_domain=pl.col("email").str.split("@").list.last())
+        .join(domain_info.lazy(), left_on="raw_domain", right_on="domain", how="left")
     )
     fresh = (
         addr.filter(
@@ -650,10 +659,16 @@ def build_companies(
     )
     if extra_domains:
         fresh = fresh.filter(~pl.col("domain").is_in(list(extra_domains)))
-    prev = previous if previous is not None else pl.DataFrame(schema=COMPANIES_SCHEMA)
+    prev = (previous if previous is not None else pl.DataFrame(schema=COMPANIES_SCHEMA)).lazy()
     prev_domains = prev.select("company_id", domain="domains").explode("domain")
-    new = fresh.join(prev_domains, on="domain", how="anti").sort("domain")
-    new = new.join(created_lookup, on="domain", how="left").with_columns(
+    created = created_lookup.lazy()
+    new = (
+        fresh.join(prev_domains, on="domain", how="anti")
+        .sort("domain")
+        .join(created, on="domain", how="left", maintain_order="left")
+        .collect()
+    )
+    new = new.with_columns(
         company_id=hash_ids("com", new["domain"]),
         name=company_name_from_domain(pl.col("domain")),
         domains=pl.concat_list("domain"),
@@ -662,7 +677,7 @@ def build_companies(
     prev_first = (
         prev.select("company_id", "created_at", domain="domains")
         .explode("domain")
-        .join(created_lookup.rename({"created_at": "e_at"}), on="domain", how="left")
+        .join(created.rename({"created_at": "e_at"}), on="domain", how="left")
         .group_by("company_id")
         .agg(e_at=pl.min("e_at"))
     )
@@ -671,9 +686,11 @@ def build_companies(
         .with_columns(created_at=pl.min_horizontal("created_at", "e_at"))
         .drop("e_at")
     )
-    companies = pl.concat([prev.select(list(COMPANIES_SCHEMA)), new.select(list(COMPANIES_SCHEMA))])
+    companies = pl.concat(
+        [prev.select(list(COMPANIES_SCHEMA)), new.lazy().select(list(COMPANIES_SCHEMA))]
+    )
     if extra_domains:
-        extra = pl.DataFrame(
+        extra = pl.LazyFrame(
             {"domain": list(extra_domains), "primary": list(extra_domains.values())}
         )
         add = (
@@ -692,7 +709,7 @@ def build_companies(
             )
             .drop("extra")
         )
-    return companies.cast(COMPANIES_SCHEMA).sort("company_id")
+    return companies.cast(COMPANIES_SCHEMA).sort("company_id").collect()
 
 
 def link_people(
@@ -702,16 +719,20 @@ def link_people(
     last_used: pl.DataFrame,
 ) -> pl.DataFrame:
     """company_id = the company of the person's most recently used linked address."""
-    company_domains = companies.select("company_id", registrable_domain="domains").explode(
-        "registrable_domain"
+    # One plan, collected once (an incremental run's small frames cost mostly per query).
+    company_domains = (
+        companies.lazy()
+        .select("company_id", registrable_domain="domains")
+        .explode("registrable_domain")
     )
     addr = (
-        people.select("person_id", email="email_addresses")
+        people.lazy()
+        .select("person_id", email="email_addresses")
         .explode("email")
         .drop_nulls()
         .with_columns(raw_domain=pl.col("email").str.split("@").list.last())
         .join(
-            domain_info.select("domain", "registrable_domain"),
+            domain_info.lazy().select("domain", "registrable_domain"),
             left_on="raw_domain",
             right_on="domain",
             how="left",
@@ -720,7 +741,7 @@ def link_people(
     # Subdomains of a configured extra domain also count (mail.extra.com -> extra.com).
     links = (
         addr.join(company_domains, on="registrable_domain", how="inner")
-        .join(last_used, on="email", how="left")
+        .join(last_used.lazy(), on="email", how="left")
         .sort(
             ["person_id", "last_used_at", "email"], descending=[False, True, False], nulls_last=True
         )
@@ -728,8 +749,10 @@ def link_people(
         .select("person_id", linked="company_id")
     )
     return (
-        people.join(links, on="person_id", how="left")
+        people.lazy()
+        .join(links, on="person_id", how="left")
         .with_columns(company_id=pl.col("linked"))
         .drop("linked")
         .select(list(PEOPLE_SCHEMA))
+        .collect()
     )
