@@ -373,6 +373,8 @@ SNAPSHOT_SKIP = {
     # A cache of parsed display names: an incremental run keeps names no record uses
     # any more, a full build has only the names in use. No output depends on the extras.
     "_rapport_name_parts": None,
+    # Likewise the domains looked up: an incremental run keeps those no address uses.
+    "_rapport_domain_info": None,
 }
 
 

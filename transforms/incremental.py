@@ -87,7 +87,7 @@ from transforms.records import (
 from transforms.rules import split_blocked, with_direction
 
 # Bump when the meaning of the kept state changes: older warehouses then rebuild in full.
-STATE_VERSION = "7"
+STATE_VERSION = "8"
 # Windows of the metrics (days): time moving past their edges changes a person's row.
 WINDOW_DAYS = (0, 30, 90, 365)
 INTERACTION_KEY = ["member_id", "person_id", "source_key"]
@@ -130,6 +130,7 @@ class Previous:
     name_parts = property(lambda self: self._table("_rapport_name_parts"))
     address_keys = property(lambda self: self._table("_rapport_address_keys"))
     person_keys = property(lambda self: self._table("_rapport_person_keys"))
+    domain_info = property(lambda self: self._table("_rapport_domain_info"))
     activity = property(  # "person_id" / "company_id" -> activity rows
         lambda self: {
             "person_id": self._table("_rapport_person_activity"),
@@ -149,6 +150,7 @@ PREVIOUS_TABLES = (
     "_rapport_person_keys",
     "_rapport_name_parts",
     "_rapport_last_used",
+    "_rapport_domain_info",
     "companies",
     "_rapport_connection_sums",
     "_rapport_person_activity",
@@ -835,7 +837,9 @@ def _build_delta(
         )
     # Companies, merges and links can change only for the rebuilt people and those who
     # share a company domain with them; everyone else keeps their row, link included.
-    domain_info = domain_info_for(people, frames.extra_free_mail)
+    # (the domains earlier runs looked up are kept: only new ones are looked up, after them)
+    domain_info = domain_info_for(people, frames.extra_free_mail, previous.domain_info)
+    new_domains = domain_info.slice(previous.domain_info.height)
     near = sharing_company_domains(people, redone["person_id"], domain_info)
     in_near = pl.col("person_id").is_in(near.implode())
     near_people, companies, person_merges = finish_records(
@@ -926,6 +930,12 @@ def _build_delta(
             stored=pl.DataFrame(schema={"address": pl.String}),
         ),
         "person_merges": changed_rows(person_merges, previous.person_merges, ["merged_id"]),
+        # a cache, as the name parts: domains only join it
+        "_rapport_domain_info": Upsert(
+            ["domain"],
+            new_domains,
+            stored=pl.DataFrame(schema={"domain": pl.String}),
+        ),
         "_rapport_name_parts": changed_rows(
             name_parts, previous.name_parts, [name_parts.columns[0]]
         ),

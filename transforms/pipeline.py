@@ -166,6 +166,7 @@ def state_tables(
     name_parts: pl.DataFrame,
     address_keys: pl.DataFrame,
     person_keys: pl.DataFrame,
+    domain_info: pl.DataFrame,
     files: dict[str, list[str]],
     lake_dir: Path,
 ) -> dict[str, pl.DataFrame]:
@@ -182,6 +183,7 @@ def state_tables(
         "_rapport_name_parts": name_parts,
         "_rapport_address_keys": address_keys,
         "_rapport_person_keys": person_keys.select("canonical_key", "person_id"),
+        "_rapport_domain_info": domain_info.select(*DOMAIN_INFO_COLUMNS),
         "_rapport_lake_files": pl.DataFrame(
             {"path": [lake_file_id(lake_dir, f) for fs in files.values() for f in fs]},
             schema={"path": pl.String},
@@ -373,8 +375,16 @@ def build(
     # million messages this frees ~0.4 GiB before the steps with the highest peaks.
     vparts = vparts.select(PARTICIPANT_COLUMNS_AFTER_RECORDS)
     visible = visible.select(MESSAGE_COLUMNS_AFTER_RECORDS)
+    # (merges and survivors only move addresses between people: the same domains)
+    domain_info = domain_info_for(people, frames.extra_free_mail)
     people, companies, person_merges = finish_records(
-        people, frames, internal_domains, previous_companies, previous_merges, last_used
+        people,
+        frames,
+        internal_domains,
+        previous_companies,
+        previous_merges,
+        last_used,
+        domain_info,
     )
     people = settle_survivors(
         people, new_survivors(person_merges, previous_merges), counts, name_parts
@@ -423,6 +433,7 @@ def build(
             name_parts=name_parts,
             address_keys=address_key_map,
             person_keys=person_keys,
+            domain_info=domain_info,
             files=files,
             lake_dir=lake_dir,
         )
@@ -454,16 +465,40 @@ def last_used_by_address(visible: pl.LazyFrame, vparts: pl.LazyFrame) -> pl.Lazy
     return rows.group_by("email").agg(last_used_at=pl.max("sent_at"))
 
 
-def domain_info_for(people: pl.DataFrame, extra_free_mail: list[str]) -> pl.DataFrame:
-    """domain -> registrable domain and free-mail flag, for every address of every person."""
-    domains = (
+DOMAIN_INFO_COLUMNS = ["domain", "registrable_domain", "is_free_mail"]
+
+
+def people_domains(people: pl.DataFrame) -> pl.Series:
+    """The distinct domains of every address of every person."""
+    return (
         pl.concat([people["primary_email"], people["email_addresses"].explode()])
         .drop_nulls()
         .str.split("@")
         .list.get(1)
         .unique()
-        .to_list()
     )
+
+
+def domain_info_for(
+    people: pl.DataFrame, extra_free_mail: list[str], known: pl.DataFrame | None = None
+) -> pl.DataFrame:
+    """domain -> registrable domain and free-mail flag, for every address of every person.
+
+    `known`: an earlier result (kept in the warehouse, under the same settings), whose
+    domains are not looked up again; it is returned with the new ones after it."""
+    domains = people_domains(people)
+    if known is not None:
+        domains = domains.filter(~domains.is_in(known["domain"].implode()))
+    fresh = domain_info_of(domains.to_list(), extra_free_mail)
+    return (
+        fresh
+        if known is None
+        else pl.concat([known.select(fresh.columns).cast(fresh.schema), fresh])
+    )
+
+
+def domain_info_of(domains: list[str], extra_free_mail: list[str]) -> pl.DataFrame:
+    """domain -> registrable domain and free-mail flag, for these domains."""
     return (
         domain_table(domains, extra_free_mail)
         .select(

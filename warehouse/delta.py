@@ -63,6 +63,7 @@ STATE_TABLES = (
     "_rapport_name_parts",
     "_rapport_address_keys",
     "_rapport_person_keys",
+    "_rapport_domain_info",
 )
 
 
