@@ -627,6 +627,19 @@ def company_name_from_domain(domain: pl.Expr) -> pl.Expr:
     return label.str.replace_all(r"[-_]+", " ").str.strip_chars().str.to_titlecase()
 
 
+def addresses_with_domains(people: pl.DataFrame, domain_info: pl.DataFrame) -> pl.LazyFrame:
+    """(person_id, email, raw_domain, and `domain_info`'s columns) for every address of
+    every person; null info where the domain is not in `domain_info`."""
+    return (
+        people.lazy()
+        .select("person_id", email="email_addresses")
+        .explode("email")
+        .drop_nulls()
+        .with_columns(raw_domain=pl.col("email").str.split("@").list.last())
+        .join(domain_info.lazy(), left_on="raw_domain", right_on="domain", how="left")
+    )
+
+
 def build_companies(
     people: pl.DataFrame,
     domain_info: pl.DataFrame,
@@ -640,14 +653,7 @@ def build_companies(
     `extra_domains` maps an extra domain to the primary domain it joins (configuration only).
     """
     # Lazy plans, collected twice (an incremental run's small frames cost mostly per query).
-    addr = (
-        people.lazy()
-        .select("person_id", email="email_addresses")
-        .explode("email")
-        .drop_nulls()
-        .with_columns(raw_domain=pl.col("email").str.split("@").list.last())
-        .join(domain_info.lazy(), left_on="raw_domain", right_on="domain", how="left")
-    )
+    addr = addresses_with_domains(people, domain_info)
     fresh = (
         addr.filter(
             pl.col("registrable_domain").is_not_null()
@@ -725,19 +731,7 @@ def link_people(
         .select("company_id", registrable_domain="domains")
         .explode("registrable_domain")
     )
-    addr = (
-        people.lazy()
-        .select("person_id", email="email_addresses")
-        .explode("email")
-        .drop_nulls()
-        .with_columns(raw_domain=pl.col("email").str.split("@").list.last())
-        .join(
-            domain_info.lazy().select("domain", "registrable_domain"),
-            left_on="raw_domain",
-            right_on="domain",
-            how="left",
-        )
-    )
+    addr = addresses_with_domains(people, domain_info.select("domain", "registrable_domain"))
     # Subdomains of a configured extra domain also count (mail.extra.com -> extra.com).
     links = (
         addr.join(company_domains, on="registrable_domain", how="inner")
