@@ -837,9 +837,9 @@ def _build_delta(
         )
     # Companies, merges and links can change only for the rebuilt people and those who
     # share a company domain with them; everyone else keeps their row, link included.
-    # (the domains earlier runs looked up are kept: only new ones are looked up, after them)
-    domain_info = domain_info_for(people, frames.extra_free_mail, previous.domain_info)
-    new_domains = domain_info.slice(previous.domain_info.height)
+    # (the domains earlier runs looked up are kept: only new ones are looked up)
+    new_domains = domain_info_for(people, frames.extra_free_mail, previous.domain_info)
+    domain_info = pl.concat([previous.domain_info.cast(new_domains.schema), new_domains])
     near = sharing_company_domains(people, redone["person_id"], domain_info)
     in_near = pl.col("person_id").is_in(near.implode())
     near_people, companies, person_merges = finish_records(

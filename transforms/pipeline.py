@@ -183,7 +183,7 @@ def state_tables(
         "_rapport_name_parts": name_parts,
         "_rapport_address_keys": address_keys,
         "_rapport_person_keys": person_keys.select("canonical_key", "person_id"),
-        "_rapport_domain_info": domain_info.select(*DOMAIN_INFO_COLUMNS),
+        "_rapport_domain_info": domain_info,
         "_rapport_lake_files": pl.DataFrame(
             {"path": [lake_file_id(lake_dir, f) for fs in files.values() for f in fs]},
             schema={"path": pl.String},
@@ -465,36 +465,22 @@ def last_used_by_address(visible: pl.LazyFrame, vparts: pl.LazyFrame) -> pl.Lazy
     return rows.group_by("email").agg(last_used_at=pl.max("sent_at"))
 
 
-DOMAIN_INFO_COLUMNS = ["domain", "registrable_domain", "is_free_mail"]
-
-
-def people_domains(people: pl.DataFrame) -> pl.Series:
-    """The distinct domains of every address of every person."""
-    return (
+def domain_info_for(
+    people: pl.DataFrame, extra_free_mail: list[str], known: pl.DataFrame | None = None
+) -> pl.DataFrame:
+    """domain -> registrable domain and free-mail flag, for every address of every person
+    but those whose domain is in `known` (an earlier result, kept in the warehouse under
+    the same settings: not looked up again)."""
+    domains = (
         pl.concat([people["primary_email"], people["email_addresses"].explode()])
         .drop_nulls()
         .str.split("@")
         .list.get(1)
         .unique()
     )
-
-
-def domain_info_for(
-    people: pl.DataFrame, extra_free_mail: list[str], known: pl.DataFrame | None = None
-) -> pl.DataFrame:
-    """domain -> registrable domain and free-mail flag, for every address of every person.
-
-    `known`: an earlier result (kept in the warehouse, under the same settings), whose
-    domains are not looked up again; it is returned with the new ones after it."""
-    domains = people_domains(people)
     if known is not None:
         domains = domains.filter(~domains.is_in(known["domain"].implode()))
-    fresh = domain_info_of(domains.to_list(), extra_free_mail)
-    return (
-        fresh
-        if known is None
-        else pl.concat([known.select(fresh.columns).cast(fresh.schema), fresh])
-    )
+    return domain_info_of(domains.to_list(), extra_free_mail)
 
 
 def domain_info_of(domains: list[str], extra_free_mail: list[str]) -> pl.DataFrame:
