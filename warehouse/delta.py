@@ -76,18 +76,10 @@ def _utc(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(pl.col(pl.Datetime).dt.convert_time_zone("UTC"))
 
 
-# Each of an incremental run's two DuckDBs does its work on the thread that asks. Their
-# queries are small, and run beside the build's Polars queries: a worker thread of their
-# own only added hand-offs and contention for the cores (2 cores, 1M messages, paired in
-# one process: -0.1 s a run, CPU 1.39 -> 1.18 s; one on the writer alone: +0.013 s).
-INCREMENTAL_DUCKDB_THREADS = 1
-
-
 def open_live(warehouse: Path) -> duckdb.DuckDBPyConnection:
     """The published file, read-only: it answers the build's questions while it is copied."""
     con = duckdb.connect(str(warehouse), read_only=True)
     con.execute("SET TimeZone = 'UTC'")
-    con.execute(f"SET threads = {INCREMENTAL_DUCKDB_THREADS}")
     return con
 
 
@@ -107,7 +99,6 @@ def open_copy(tmp: Path) -> duckdb.DuckDBPyConnection:
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET preserve_insertion_order = false")
     con.execute("SET memory_limit = '1GB'")
-    con.execute(f"SET threads = {INCREMENTAL_DUCKDB_THREADS}")
     return con
 
 
