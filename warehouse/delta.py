@@ -171,14 +171,12 @@ class DuckLookup:
         if keys.is_empty():
             return keys.clear()
         with self._cursor() as cur:
-            lookup_keys = arrow_view(keys)  # (read by its name: see arrow_view)
+            cur.register("lookup_keys", arrow_view(keys))
             cols = ", ".join(f'"{c}"' for c in keys.columns)
-            found = cur.sql(
+            return cur.sql(
                 f"SELECT DISTINCT {cols} FROM {table} JOIN (SELECT DISTINCT {cols} FROM"
                 f" lookup_keys) USING ({cols})"
             ).pl()
-            del lookup_keys
-            return found
 
     def published_messages(self, keys: pl.Series) -> pl.Series:
         """Which of these message keys are published: the row ids whose hash matches
@@ -188,19 +186,17 @@ class DuckLookup:
         before the row ids narrowed it (0.04 s at 1M messages, even with no match)."""
         keys = keys.unique().drop_nulls()
         with self._cursor() as cur:
-            lookup_keys = arrow_view(pl.DataFrame({"k": keys}))  # (read by its name)
+            cur.register("lookup_keys", arrow_view(pl.DataFrame({"k": keys})))
             hits = cur.execute(
                 "SELECT rowid FROM messages WHERE key_hash IN (SELECT hash(k) FROM lookup_keys)"
             ).fetchall()
-            del lookup_keys
             if not hits:  # (new mail: the usual case)
                 return pl.Series("message_key", [], pl.String)
-            hit_rows = arrow_view(pl.DataFrame({"r": [r[0] for r in hits]}))
+            cur.register("hit_rows", arrow_view(pl.DataFrame({"r": [r[0] for r in hits]})))
             found = cur.sql(
                 "SELECT message_key FROM messages WHERE rowid IN (SELECT r FROM hit_rows)"
             )
             candidates = found.pl().to_series()
-            del hit_rows
         return candidates.filter(candidates.is_in(keys.implode()))
 
     def contact_history(self, keys: pl.Series) -> pl.DataFrame:
@@ -216,12 +212,10 @@ class DuckLookup:
     def rows_with_sources(self, sources: pl.Series) -> pl.DataFrame:
         """Every interaction of each source (all members, people and companies)."""
         with self._cursor() as cur:
-            lookup_ids = arrow_view(pl.DataFrame({"id": sources}))  # (read by its name)
+            cur.register("lookup_ids", arrow_view(pl.DataFrame({"id": sources})))
             where = "source_hash IN (SELECT hash(id) FROM lookup_ids)"
             exact = " AND source_key IN (SELECT id FROM lookup_ids)"  # (hashes can collide)
-            rows = cur.sql(_INTERACTIONS_WHERE.format(where=where) + exact).pl()
-            del lookup_ids
-            return _utc(rows)
+            return _utc(cur.sql(_INTERACTIONS_WHERE.format(where=where) + exact).pl())
 
     def ends_of(
         self,
@@ -280,11 +274,9 @@ class DuckLookup:
         """Rows of `select` whose `column` is one of `ids` (handed over as Arrow, not SQL)."""
         joiner = " AND " if " WHERE " in select else " WHERE "
         with self._cursor() as cur:
-            lookup_ids = arrow_view(pl.DataFrame({"id": ids}))  # (read by its name)
+            cur.register("lookup_ids", arrow_view(pl.DataFrame({"id": ids})))
             sql = f"{select}{joiner}{column} IN (SELECT id FROM lookup_ids)"
-            rows = cur.sql(sql, params=params or []).pl()
-            del lookup_ids
-            return _utc(rows)
+            return _utc(cur.sql(sql, params=params or []).pl())
 
 
 class DeltaWriter(BuildingFile):
@@ -418,11 +410,15 @@ def delete_keys(con: duckdb.DuckDBPyConnection, name: str, keys: pl.DataFrame) -
     `keys`; a NULL key matches a NULL."""
     if keys.is_empty():
         return
-    doomed_keys = arrow_view(keys.unique())  # (read by its name: see arrow_view)
-    [first, *more] = keys.columns
-    if not more and not keys[first].has_nulls():  # the common case: a plain IN
-        con.execute(f'DELETE FROM "{name}" WHERE "{first}" IN (SELECT "{first}" FROM doomed_keys)')
-    else:
-        match = " AND ".join(f't."{c}" IS NOT DISTINCT FROM k."{c}"' for c in keys.columns)
-        con.execute(f'DELETE FROM "{name}" t USING doomed_keys k WHERE {match}')
-    del doomed_keys
+    con.register("delete_keys", arrow_view(keys.unique()))
+    try:
+        [first, *more] = keys.columns
+        if not more and not keys[first].has_nulls():  # the common case: a plain IN
+            con.execute(
+                f'DELETE FROM "{name}" WHERE "{first}" IN (SELECT "{first}" FROM delete_keys)'
+            )
+        else:
+            match = " AND ".join(f't."{c}" IS NOT DISTINCT FROM k."{c}"' for c in keys.columns)
+            con.execute(f'DELETE FROM "{name}" t USING delete_keys k WHERE {match}')
+    finally:
+        con.unregister("delete_keys")

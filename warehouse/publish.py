@@ -100,10 +100,6 @@ def arrow_view(frame: pl.DataFrame) -> Any:
     +1.1 GiB of RSS during the publish (pyarrow's pool kept most of it afterwards). The
     newest layout hands over `string_view` columns as they are, and DuckDB reads them
     natively into the same VARCHAR / VARCHAR[] columns (same rows, types and file).
-
-    SQL reads a view by the name of the local variable holding it (DuckDB's replacement
-    scan), not through `register`: in DuckDB 2.0 registering cost ~0.8 ms of CPU a call,
-    more than inserting a few rows, and an incremental run hands over ~60 frames.
     """
     return frame.to_arrow(compat_level=pl.CompatLevel.newest())
 
@@ -119,10 +115,10 @@ def insert_frame(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame)
     """Append a frame to a table by column name. Returns rows inserted."""
     if frame.is_empty():
         return 0
-    staged_frame = arrow_view(frame)  # (read by its name: see arrow_view)
+    con.register("staged_frame", arrow_view(frame))
     derived = DERIVED_COLUMNS.get(name, "")
     con.execute(f'INSERT INTO "{name}" BY NAME SELECT *{derived} FROM staged_frame')
-    del staged_frame
+    con.unregister("staged_frame")
     return frame.height
 
 
