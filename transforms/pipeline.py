@@ -480,13 +480,8 @@ def domain_info_for(
     )
     if known is not None:
         domains = domains.filter(~domains.is_in(known["domain"].implode()))
-    return domain_info_of(domains.to_list(), extra_free_mail)
-
-
-def domain_info_of(domains: list[str], extra_free_mail: list[str]) -> pl.DataFrame:
-    """domain -> registrable domain and free-mail flag, for these domains."""
     return (
-        domain_table(domains, extra_free_mail)
+        domain_table(domains.to_list(), extra_free_mail)
         .select(
             domain="raw_domain",
             registrable_domain="registrable_domain",
@@ -530,14 +525,12 @@ def finish_records(
     previous_companies: pl.DataFrame | None,
     previous_merges: pl.DataFrame | None,
     last_used: pl.DataFrame,
-    domain_info: pl.DataFrame | None = None,
+    domain_info: pl.DataFrame,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Companies (§4.4), dedup merges (§4.5), then domain linking -> (people, companies, merges).
 
-    `domain_info`: domain_info_for() of (at least) these people, when already at hand.
+    `domain_info`: domain_info_for() of (at least) these people.
     """
-    if domain_info is None:
-        domain_info = domain_info_for(people, frames.extra_free_mail)
     created_lookup = (
         people.lazy()
         .select("created_at", email="email_addresses")
