@@ -99,6 +99,12 @@ def open_copy(tmp: Path) -> duckdb.DuckDBPyConnection:
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET preserve_insertion_order = false")
     con.execute("SET memory_limit = '1GB'")
+    # Each COMMIT checkpoints at once and skips the write-ahead log: the file is private
+    # until `swap_file` fsyncs and renames it, so logging the rows first (and fsyncing
+    # the log) bought nothing. New-mail run at 1M: -13 and -25 ms (medians of 10 pairs,
+    # faster in 8 of 10 both times), -21 ms CPU.
+    con.execute("SET checkpoint_threshold = '0b'")
+    con.execute("SET auto_checkpoint_skip_wal_threshold = 0")
     return con
 
 
