@@ -11,19 +11,31 @@ less work:
 
 The thread figures come from /proc/thread-self/schedstat (Linux); elsewhere they are
 left out and only the process figures are reported.
+
+A third says where the CPU went: `thread_cpu` splits the process's CPU time by thread
+group (the build's own thread, Polars' workers, each DuckDB file's workers, the writer,
+the lookups), which a profile of the calling thread alone cannot show.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import re
 import resource
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 SCHEDSTAT = Path("/proc/thread-self/schedstat")
 CPUINFO = Path("/proc/cpuinfo")
+TASKS = Path("/proc/self/task")
+PR_SET_NAME = 15  # prctl: the calling thread's name in the kernel (15 bytes)
+MAIN_GROUP = "main"
+SAMPLER = "cpu-sampler"
 
 
 def parse_schedstat(text: str) -> tuple[float, float]:
@@ -101,3 +113,127 @@ def machine() -> dict[str, Any]:
         return parse_cpuinfo(CPUINFO.read_text())
     except OSError:
         return {"cpu_model": None, "cpu_mhz": None}
+
+
+def thread_group(name: str) -> str:
+    """The group of a thread's kernel name: the name without its pool and worker numbers
+    ("delta-writer_0" -> "delta-writer", "polars-1" -> "polars")."""
+    return re.sub(r"[-_]\d+", "", name).strip() or name
+
+
+def _set_kernel_name(name: str) -> None:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+
+
+def _kernel_name() -> str:
+    return Path("/proc/thread-self/comm").read_text().strip()
+
+
+def _start_time(stat: str) -> str:
+    return stat[stat.rindex(")") + 2 :].split()[19]  # (field 22 of stat)
+
+
+def read_tasks() -> dict[tuple[int, str], tuple[str, float]]:
+    """Every thread of this process now: (tid, start time) -> (kernel name, seconds on a
+    core). A thread that ends meanwhile is skipped."""
+    out = {}
+    for task in TASKS.iterdir():
+        try:
+            stat = (task / "stat").read_text()
+            run_s, _ = parse_schedstat((task / "schedstat").read_text())
+        except (OSError, ValueError):
+            continue
+        out[(int(task.name), _start_time(stat))] = (
+            stat[stat.index("(") + 1 : stat.rindex(")")],
+            run_s,
+        )
+    return out
+
+
+class _EndedThreads:
+    """Python threads that ended in a `thread_cpu` block: their CPU seconds by group, and
+    their keys (tid, start time), which the readings of /proc must not count again."""
+
+    def __init__(self) -> None:
+        self.cpu: dict[str, float] = {}
+        self.keys: set[tuple[int, str]] = set()
+        self._lock = threading.Lock()
+
+    def add(self, name: str) -> None:
+        key = (threading.get_native_id(), _start_time(Path("/proc/thread-self/stat").read_text()))
+        with self._lock:
+            group = thread_group(name[:15])
+            self.cpu[group] = self.cpu.get(group, 0.0) + time.thread_time()
+            self.keys.add(key)
+
+
+def _name_python_threads(ended: _EndedThreads) -> Callable[[], None]:
+    """Make each Python thread started from now on take its name in the kernel and hand
+    its CPU time to `ended` as it ends; returns the undo."""
+    original = threading.Thread._bootstrap_inner  # type: ignore[attr-defined]
+
+    def bootstrap_inner(self: threading.Thread) -> None:
+        _set_kernel_name(self.name)
+        try:
+            original(self)
+        finally:
+            if self.name != SAMPLER:
+                ended.add(self.name)
+
+    threading.Thread._bootstrap_inner = bootstrap_inner  # type: ignore[attr-defined]
+
+    def restore() -> None:
+        threading.Thread._bootstrap_inner = original  # type: ignore[attr-defined]
+
+    return restore
+
+
+@contextmanager
+def thread_cpu(interval_s: float = 0.01) -> Iterator[dict[str, float]]:
+    """CPU seconds per thread group over the block, the largest first (Linux; empty
+    elsewhere).
+
+    Python threads started in the block take their names in the kernel too, and their
+    CPU is taken as they end; threads started by native code (DuckDB's workers, Polars'
+    pool) are read every `interval_s` from /proc. DuckDB's workers carry the name of the
+    thread that opened their database ("open-live": the published file's, "delta-writer":
+    the run's copy). The thread that enters the block is "main". What native threads
+    that ended between two readings did last is "(ended, unread)".
+    """
+    out: dict[str, float] = {}
+    if not TASKS.is_dir():
+        yield out
+        return
+    ended = _EndedThreads()
+    restore = _name_python_threads(ended)
+    main_name = _kernel_name()
+    _set_kernel_name(MAIN_GROUP)
+    first = read_tasks()
+    latest = dict(first)
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(interval_s):
+            latest.update(read_tasks())
+
+    cpu0 = process_cpu_s()
+    sampler = threading.Thread(target=sample, name=SAMPLER, daemon=True)
+    sampler.start()
+    try:
+        yield out
+    finally:
+        latest.update(read_tasks())
+        stop.set()
+        sampler.join()
+        cpu = process_cpu_s() - cpu0
+        restore()
+        _set_kernel_name(main_name)
+        groups = dict(ended.cpu)
+        for key, (name, run_s) in latest.items():
+            if key not in ended.keys and name != SAMPLER:
+                group = thread_group(name)
+                groups[group] = groups.get(group, 0.0) + run_s - first.get(key, (name, 0.0))[1]
+        sampler_s = sum(run_s for name, run_s in latest.values() if name == SAMPLER)
+        out.update(sorted(((g, t) for g, t in groups.items() if t > 0), key=lambda x: -x[1]))
+        out["(ended, unread)"] = max(cpu - sum(groups.values()) - sampler_s, 0.0)

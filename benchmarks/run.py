@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cpu import cpu_use, machine
+from benchmarks.cpu import cpu_use, machine, thread_cpu
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SIZES = [10_000, 100_000, 1_000_000]
@@ -463,7 +463,8 @@ def _one_incremental_run(
         t0 = time.perf_counter()
         counts = landed or land_workspace(delta, home.lake, accounts, now=end + timedelta(days=2))
         land_s = 0.0 if landed else time.perf_counter() - t0
-        res, wall = _publish_run(home, as_of + INCREMENTAL_CLOCK_STEP, incremental=True)
+        with thread_cpu() as threads:
+            res, wall = _publish_run(home, as_of + INCREMENTAL_CLOCK_STEP, incremental=True)
     times = _stage_times(res, wall)
     total = land_s + times["rebuild_s"]
     return {
@@ -480,6 +481,7 @@ def _one_incremental_run(
         "build_validate_publish_s": times["rebuild_s"],
         "total_s": total,
         "cpu": cpu,
+        "cpu_by_thread": threads,
         "full_rebuild_s": full_s,
         "ratio": total / full_s,
     }
@@ -1276,6 +1278,7 @@ def print_report(results: dict[str, Any]) -> None:
         )
     console.print(tt)
     print_cpu(results, console)
+    print_threads(results, console)
     print_prefect(results.get("prefect") or {}, console)
     for s in results["sizes"]:
         prof = s.get("profile")
@@ -1371,6 +1374,41 @@ def print_cpu(results: dict[str, Any], console: Any) -> None:
             *thread,
         )
     console.print(ct)
+
+
+# What each thread group of an incremental run is (benchmarks/cpu.py: thread_cpu).
+THREAD_ROLES = {
+    "main": "the build: our Python, Polars' query planning, waits",
+    "polars": "Polars' worker pool: the build's queries",
+    "delta-writer": "the writer and its DuckDB's workers: standby replay, writes, checkpoints",
+    "open-live": "the published file's DuckDB workers (its lookups' scans), and opening it",
+    "lookups": "the threads asking the published file (their share of the scans)",
+    "read-state": "reading the last run's state tables",
+}
+
+
+def print_threads(results: dict[str, Any], console: Any) -> None:
+    """Where the CPU of the largest size's new-mail run went, by thread group."""
+    from rich.table import Table
+
+    sized = [s for s in results["sizes"] if (s.get("incremental") or {}).get("cpu_by_thread")]
+    if not sized:
+        return
+    s = max(sized, key=lambda s: s["messages"])
+    run = s["incremental"]
+    threads = run["cpu_by_thread"]
+    total = sum(threads.values())  # (the publish's; the run's cpu_s also counts landing)
+    tt = Table(
+        title=f"Where the CPU of the 1,000-new-message run over {s['messages']:,} went "
+        f"({total:.2f} s of CPU in {run['build_validate_publish_s']:.2f} s), by thread"
+    )
+    for c in ("threads", "CPU s", "share", "what they do"):
+        tt.add_column(c)
+    for group, seconds in threads.items():
+        if seconds >= 0.005:
+            share = f"{seconds / total:.0%}" if total else "n/a"
+            tt.add_row(group, f"{seconds:.3f}", share, THREAD_ROLES.get(group, ""))
+    console.print(tt)
 
 
 def print_prefect(pf: dict[str, Any], console: Any) -> None:

@@ -615,7 +615,7 @@ def build_delta(
     """
     lap = Laps()
     # The slowest questions (scans of the big tables) run in threads meanwhile.
-    background = ThreadPoolExecutor(max_workers=2)
+    background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lookups")
     try:
         return _build_delta(
             frames, previous, new_files, known_files or {}, lookup, max_share, lap, background, sink

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
-from benchmarks.cpu import cpu_figures, cpu_use, parse_cpuinfo, parse_schedstat
+from benchmarks.cpu import (
+    cpu_figures,
+    cpu_use,
+    parse_cpuinfo,
+    parse_schedstat,
+    thread_cpu,
+    thread_group,
+)
 from benchmarks.profiling import SiteTimer
 from benchmarks.run import first_ever, machine_line
 
@@ -104,3 +112,49 @@ def test_native_calls_are_summed_per_engine() -> None:
         "duckdb_calls": 1,
         "duckdb_s": 0.125,
     }
+
+
+def test_threads_are_grouped_by_name_without_their_pool_and_worker_numbers() -> None:
+    assert thread_group("delta-writer_0") == "delta-writer"
+    assert thread_group("polars-1") == "polars"
+    assert thread_group("lookups_1") == "lookups"
+    assert thread_group("main") == "main"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
+def test_cpu_is_split_by_thread_native_workers_under_the_thread_that_started_them() -> None:
+    import duckdb
+
+    def spin(seconds: float) -> None:
+        import time
+
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    opener_own: list[float] = []
+
+    def query() -> None:  # DuckDB's workers start with the database: named after this thread
+        import time
+
+        con = duckdb.connect(config={"threads": 2})
+        con.execute("SELECT sum(i * i) FROM range(100000000) t(i)").fetchall()
+        con.close()
+        opener_own.append(time.thread_time())
+
+    bootstrap = threading.Thread._bootstrap_inner  # type: ignore[attr-defined]
+    name_before = Path("/proc/thread-self/comm").read_text()
+    with thread_cpu(interval_s=0.005) as cpu:
+        spin(0.05)
+        for target, args, name in ((spin, (0.1,), "spinner"), (query, (), "db-opener")):
+            worker = threading.Thread(target=target, args=args, name=name)
+            worker.start()
+            worker.join()
+    assert cpu["spinner"] == pytest.approx(0.1, abs=0.02)  # taken as the thread ended
+    assert 0.04 <= cpu["main"] < 0.1  # (it did not run during the joins)
+    assert cpu["db-opener"] > opener_own[0] + 0.05  # the opening thread plus DuckDB's worker
+    assert "cpu-sampler" not in cpu
+    assert list(cpu.values())[:-1] == sorted(list(cpu.values())[:-1], reverse=True)
+    # undone: new threads are plain again, and this thread has its name back
+    assert threading.Thread._bootstrap_inner is bootstrap  # type: ignore[attr-defined]
+    assert Path("/proc/thread-self/comm").read_text() == name_before
