@@ -224,7 +224,8 @@ class Upsert:
         cls, key: list[str], rows: pl.DataFrame, old: pl.DataFrame, gone: pl.DataFrame | None = None
     ) -> Upsert:
         """`rows` written over table `old` (its stored keys found here, not by the delete)."""
-        stored = rows.select(key).join(old.select(key), on=key, how="semi", nulls_equal=True)
+        # (old's keys among rows': the hash table is built on the few rows, not the table)
+        stored = old.select(key).join(rows.select(key), on=key, how="semi", nulls_equal=True)
         return cls(key, rows, stored, gone)
 
 
@@ -837,8 +838,9 @@ def _build_delta(
         )
     # Companies, merges and links can change only for the rebuilt people and those who
     # share a company domain with them; everyone else keeps their row, link included.
-    # (the domains earlier runs looked up are kept: only new ones are looked up)
-    new_domains = domain_info_for(people, frames.extra_free_mail, previous.domain_info)
+    # (the domains earlier runs looked up are kept, those of every earlier record: only
+    # the rebuilt people's addresses can be new)
+    new_domains = domain_info_for(redone, frames.extra_free_mail, previous.domain_info)
     domain_info = pl.concat([previous.domain_info.cast(new_domains.schema), new_domains])
     near = sharing_company_domains(people, redone["person_id"], domain_info)
     in_near = pl.col("person_id").is_in(near.implode())
