@@ -20,7 +20,7 @@ the lookups), which a profile of the calling thread alone cannot show.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import re
 import resource
 import threading
@@ -121,9 +121,13 @@ def thread_group(name: str) -> str:
     return re.sub(r"[-_]\d+", "", name).strip() or name
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)  # (the loaded C library: no lookup, no ldconfig)
+
+
 def _set_kernel_name(name: str) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    _libc().prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
 def _kernel_name() -> str:
