@@ -227,9 +227,9 @@ def thread_cpu(interval_s: float = 0.01) -> Iterator[dict[str, float]]:
     try:
         yield out
     finally:
-        latest.update(read_tasks())
         stop.set()
-        sampler.join()
+        sampler.join()  # (then the last reading is this thread's alone)
+        latest.update(read_tasks())
         cpu = process_cpu_s() - cpu0
         restore()
         _set_kernel_name(main_name)
