@@ -1030,6 +1030,26 @@ def _build_delta(
     )
     append["interactions"] = delta_interactions
     sink.append({"interactions": delta_interactions}, {})
+    # Rows of deleted mail and events: what their people and companies lose is worked out
+    # again in DuckDB, next to the rows (random deletes hit the busiest contacts: at 1M,
+    # 100 deletes touched people with 1.3M rows). The three questions are asked at once,
+    # in threads, while the rest of the metrics is worked out.
+    pair = ["member_id", "person_id"]
+    hit_pairs = removed_rows.select(pair).unique()
+    redone_sums = (
+        background.submit(lookup.sums_of, hit_pairs, removed.sources, delta_interactions, as_of)
+        if hit_pairs.height
+        else None
+    )
+    ends_lost: dict[str, pl.DataFrame] = {}
+    redone_ends: dict[str, Future[pl.DataFrame]] = {}
+    for key, ids in (("person_id", people), ("company_id", companies)):
+        lost = removed_rows.join(ids.select(key), on=key, how="semi")
+        ends_lost[key] = held_an_end(key, lost, previous.activity[key])
+        if ends_lost[key].height:
+            redone_ends[key] = background.submit(
+                lookup.ends_of, key, ends_lost[key][key], removed.sources, delta_interactions, as_of
+            )
     lap("interactions")
 
     # --- metrics: update who the delta or the clock touched from a few rows; everyone
@@ -1040,7 +1060,6 @@ def _build_delta(
     )
     entering = pl.concat([delta_interactions, around.filter(became_past)])
     entering_sums = person_connection_sums(entering.lazy(), as_of).collect()
-    pair = ["member_id", "person_id"]
     sums = (
         pl.concat(
             [
@@ -1054,19 +1073,16 @@ def _build_delta(
     )
     # Pairs that had rows of deleted mail: redone from all their rows that stay (decay
     # sums can't be taken back out exactly in floating point).
-    hit_pairs = removed_rows.select(pair).unique()
     gone_pairs = hit_pairs.clear()
-    if hit_pairs.height:
-        # In DuckDB, next to the rows: random deletes hit the busiest contacts (at 1M,
-        # 100 deletes touched people with 1.3M rows, which took 0.4 s just to fetch).
-        redone_sums = lookup.sums_of(hit_pairs, removed.sources, delta_interactions, as_of)
+    if redone_sums is not None:
+        hit_sums = redone_sums.result()
         sums = pl.concat(
             [
                 sums.join(hit_pairs, on=pair, how="anti"),
-                redone_sums.select(sums.columns).cast(sums.schema),
+                hit_sums.select(sums.columns).cast(sums.schema),
             ]
         )
-        gone_pairs = hit_pairs.join(redone_sums, on=pair, how="anti")
+        gone_pairs = hit_pairs.join(hit_sums, on=pair, how="anti")
     upsert["_rapport_connection_sums"] = Upsert.over(
         pair, sums, previous.connection_sums, gone_pairs
     )
@@ -1085,7 +1101,7 @@ def _build_delta(
         # lost rows taken out of the counts; where a lost row held a first or last time,
         # the times are found again among all the rows that stay.
         lost = removed_rows.join(ids.select(key), on=key, how="semi")
-        ends_lost = held_an_end(key, lost, previous.activity[key])
+        held = ends_lost[key]  # (their times are being found again: redone_ends)
         touched = (
             pl.concat([entering[key], around[key], lost[key], extra])
             .drop_nulls()
@@ -1094,7 +1110,7 @@ def _build_delta(
             .join(ids.select(key), on=key, how="semi")  # not records merged away
         )
         updated_keys[key] = touched.height
-        redone_keys[key] = ends_lost.height
+        redone_keys[key] = held.height
         pairs = (
             pl.concat([frame.select(key, "source_key") for frame in (entering, around, lost)])
             .drop_nulls()
@@ -1133,18 +1149,17 @@ def _build_delta(
             as_of,
             members,
         )
-        if ends_lost.is_empty():
+        if held.is_empty():
             return rows
-        ends = lookup.ends_of(key, ends_lost[key], removed.sources, delta_interactions, as_of)
-        ends = with_member_email(ends.lazy(), members).collect()
+        ends = with_member_email(redone_ends[key].result().lazy(), members).collect()
         found = (  # (no row left up to as_of: every time null)
-            rows.join(ends_lost, on=key, how="semi")
+            rows.join(held, on=key, how="semi")
             .drop(END_COLUMNS)
             .join(ends, on=key, how="left")
             .select(rows.columns)
             .cast(rows.schema)
         )
-        return pl.concat([rows.join(ends_lost, on=key, how="anti"), found])
+        return pl.concat([rows.join(held, on=key, how="anti"), found])
 
     person_rows = updated("person_id", new_people["person_id"], people)
     company_rows = updated("company_id", new_companies["company_id"], companies)

@@ -26,7 +26,7 @@ import duckdb
 import polars as pl
 
 from connectors.lake import fsync_path
-from transforms.incremental import PREVIOUS_TABLES, Previous, Upsert
+from transforms.incremental import PREVIOUS_TABLES, Fallback, Previous, Upsert
 from warehouse.publish import (
     BuildingFile,
     arrow_view,
@@ -216,12 +216,19 @@ class DuckLookup:
             return _utc(cur.sql(_INTERACTIONS_WHERE.format(where=where), params=params).pl())
 
     def rows_with_sources(self, sources: pl.Series) -> pl.DataFrame:
-        """Every interaction of each source (all members, people and companies)."""
+        """Every interaction of each source (all members, people and companies).
+
+        Raises Fallback if another source's key has the hash of one of these: `ends_of`
+        and `sums_of` take out the rows of removed sources by hash alone, which is exact
+        only when every stored row with such a hash is one of these sources'."""
         with self._cursor() as cur:
             cur.register("lookup_ids", arrow_view(pl.DataFrame({"id": sources})))
             where = "source_hash IN (SELECT hash(id) FROM lookup_ids)"
-            exact = " AND source_key IN (SELECT id FROM lookup_ids)"  # (hashes can collide)
-            return _utc(cur.sql(_INTERACTIONS_WHERE.format(where=where) + exact).pl())
+            rows = _utc(cur.sql(_INTERACTIONS_WHERE.format(where=where)).pl())
+        exact = rows.filter(pl.col("source_key").is_in(sources.implode()))
+        if exact.height < rows.height:
+            raise Fallback("two sources' keys have the same hash")
+        return exact
 
     def ends_of(
         self,

@@ -9,24 +9,18 @@
 --   dropped_frame(member_id, source_key) the (member, source) of each removed row
 --   added_rows(<interactions columns>)   the run's new interactions
 -- $KEY is person_id or company_id; $as_of is a parameter.
+-- The dropped rows are taken out by (member, hash of the source key) alone. That is
+-- exact: the build asked rows_with_sources for the dropped sources first, which fails
+-- the run if any stored row has the hash of one of them under another key. (Matching
+-- the keys too decoded the source key of every interaction: 0.15 s at 1M messages.)
 WITH dropped_sources AS (
-    SELECT member_id, source_key, hash(source_key) AS h FROM dropped_frame
-),
--- The rows of the dropped sources, by row id: found by the hash column (narrow), then
--- confirmed by the strings, which are decoded only where a hash matched.
-dropped_rows AS (
-    SELECT i.rowid AS row_id
-    FROM interactions AS i
-    JOIN dropped_sources AS d
-        ON d.h = i.source_hash AND d.member_id = i.member_id AND d.source_key = i.source_key
-    WHERE i.rowid IN (
-        SELECT rowid FROM interactions WHERE source_hash IN (SELECT h FROM dropped_sources)
-    )
+    SELECT DISTINCT member_id, hash(source_key) AS h FROM dropped_frame
 ),
 kept AS (
-    SELECT member_id, $KEY AS id, kind, "at"
-    FROM interactions
-    WHERE $KEY IN (SELECT id FROM redo_ids) AND rowid NOT IN (SELECT row_id FROM dropped_rows)
+    SELECT i.member_id, i.$KEY AS id, i.kind, i."at"
+    FROM interactions AS i
+    ANTI JOIN dropped_sources AS d ON d.member_id = i.member_id AND d.h = i.source_hash
+    WHERE i.$KEY IN (SELECT id FROM redo_ids)
 ),
 all_rows AS (
     SELECT * FROM kept

@@ -5,20 +5,17 @@
 -- by warehouse.delta.DuckLookup.sums_of: redo_pairs(member_id, person_id), and
 -- dropped_frame and added_rows as for ends_of.sql. Pairs with no row up to $as_of
 -- are left out, as in the full build.
+-- The dropped rows are taken out by (member, hash of the source key), as in
+-- ends_of.sql (exact; comparing the keys too decoded every interaction's).
 WITH dropped_sources AS (
-    SELECT member_id, source_key, hash(source_key) AS h FROM dropped_frame
+    SELECT DISTINCT member_id, hash(source_key) AS h FROM dropped_frame
 ),
 kept AS (
     SELECT i.member_id, i.person_id, i.kind, i."at", i.weight
     FROM interactions AS i
     SEMI JOIN redo_pairs AS p ON p.member_id = i.member_id AND p.person_id = i.person_id
-    WHERE i.person_id IN (SELECT person_id FROM redo_pairs)
-        AND i."at" <= $as_of
-        AND NOT EXISTS (
-            SELECT 1 FROM dropped_sources AS d
-            WHERE d.h = i.source_hash AND d.member_id = i.member_id
-                AND d.source_key = i.source_key
-        )
+    ANTI JOIN dropped_sources AS d ON d.member_id = i.member_id AND d.h = i.source_hash
+    WHERE i.person_id IN (SELECT person_id FROM redo_pairs) AND i."at" <= $as_of
 ),
 all_rows AS (
     SELECT * FROM kept
