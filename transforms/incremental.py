@@ -1045,7 +1045,9 @@ def _build_delta(
     redone_ends: dict[str, Future[pl.DataFrame]] = {}
     for key, ids in (("person_id", people), ("company_id", companies)):
         lost = removed_rows.join(ids.select(key), on=key, how="semi")
-        ends_lost[key] = held_an_end(key, lost, previous.activity[key])
+        ends_lost[key] = (
+            held_an_end(key, lost, previous.activity[key]) if lost.height else lost.select(key)
+        )
         if ends_lost[key].height:
             redone_ends[key] = background.submit(
                 lookup.ends_of, key, ends_lost[key][key], removed.sources, delta_interactions, as_of
