@@ -313,18 +313,23 @@ class Landing:
         return ["account_id", self.id_column]
 
     def landed(
-        self, files: dict[str, list[str]], keys: pl.DataFrame
+        self, files: dict[str, list[str]], keys: pl.DataFrame, columns: list[str] | None = None
     ) -> tuple[pl.DataFrame, pl.DataFrame]:
         """The live landed version of each item of `keys` among `files`, and its people
-        in landing order."""
+        in landing order. `columns`: the item columns to read (default: all). A lake
+        file is one row group, so a match decodes each column read for the whole file."""
         accounts = keys["account_id"].unique().to_list()
         ids = keys[self.id_column].unique().implode()
 
-        def scan(table: str) -> pl.LazyFrame:  # the files of the keys' accounts only
-            paths = files_of_accounts(files, table, accounts)
-            return scan_files(paths, table).filter(pl.col(self.id_column).is_in(ids))
+        def scan(table: str, columns: list[str] | None = None) -> pl.LazyFrame:
+            paths = files_of_accounts(files, table, accounts)  # (the keys' accounts only)
+            frame = scan_files(paths, table)
+            if columns is not None:
+                frame = frame.select(columns)
+            return frame.filter(pl.col(self.id_column).is_in(ids))
 
-        items = self.current(scan(self.items).join(keys.lazy(), on=self.key, how="semi")).collect()
+        items = scan(self.items, columns).join(keys.lazy(), on=self.key, how="semi")
+        items = self.current(items).collect()
         version = [*self.key, "version"]
         people = (
             scan(self.people)
@@ -495,7 +500,9 @@ def removed_mail(
     """
     if gone.is_empty():
         return Removed.nothing()
-    msgs, raw_parts = RELANDED_MAIL.landed(known_files, gone)
+    # (not the subjects and bodies: at 1M messages, reading them cost 0.12 s of 0.15 s)
+    read = [*MAIL_KEY, "op", "version", "seq", "rfc_message_id", "sent_at"]
+    msgs, raw_parts = RELANDED_MAIL.landed(known_files, gone, read)
     if msgs.height != gone.height:
         raise Fallback("deleted mail is missing from the lake")
     msgs = msgs.with_row_index("_mid")
