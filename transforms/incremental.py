@@ -543,8 +543,17 @@ def removed_events(
         raise Fallback("an event changes for a member with two calendars")
     sources = events.select(member_id=member_of_account(live), source_key=event_source_key())
     accounts = events["account_id"].unique().to_list()
+    # Only events with one of their iCalUIDs can share their meetings (an event without
+    # one is its own source). Filtered before the latest version is picked: an event
+    # whose uid changed could only look like a match, and then the full build runs.
+    uid = pl.col("ical_uid").str.strip_chars()
+    uids = events.select(uid.filter(uid != "").unique())["ical_uid"]
     others = (
-        current_events(scan_files(files_of_accounts(known_files, "events", accounts), "events"))
+        current_events(
+            scan_files(files_of_accounts(known_files, "events", accounts), "events").filter(
+                uid.is_in(uids.implode())
+            )
+        )
         .collect()
         .join(gone, on=RELANDED_EVENTS.key, how="anti")
     )
