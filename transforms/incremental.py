@@ -1057,13 +1057,12 @@ def _build_delta(
         if hit_pairs.height
         else None
     )
+    lost_rows: dict[str, pl.DataFrame] = {}  # (of people and companies that remain)
     ends_lost: dict[str, pl.DataFrame] = {}
     redone_ends: dict[str, Future[pl.DataFrame]] = {}
     for key, ids in (("person_id", people), ("company_id", companies)):
-        lost = removed_rows.join(ids.select(key), on=key, how="semi")
-        ends_lost[key] = (
-            held_an_end(key, lost, previous.activity[key]) if lost.height else lost.select(key)
-        )
+        lost_rows[key] = removed_rows.join(ids.select(key), on=key, how="semi")
+        ends_lost[key] = held_an_end(key, lost_rows[key], previous.activity[key])
         if ends_lost[key].height:
             redone_ends[key] = background.submit(
                 lookup.ends_of, key, ends_lost[key][key], removed.sources, delta_interactions, as_of
@@ -1118,7 +1117,7 @@ def _build_delta(
         # Those that lost rows (deleted mail and events) are updated like the rest, the
         # lost rows taken out of the counts; where a lost row held a first or last time,
         # the times are found again among all the rows that stay.
-        lost = removed_rows.join(ids.select(key), on=key, how="semi")
+        lost = lost_rows[key]
         held = ends_lost[key]  # (their times are being found again: redone_ends)
         touched = (
             pl.concat([entering[key], around[key], lost[key], extra])
@@ -1232,6 +1231,8 @@ def held_an_end(key: str, lost: pl.DataFrame, previous: pl.DataFrame) -> pl.Data
     """Keys one of whose `lost` rows is at one of their previous first or last times
     (of any kind: a cheap, safe superset). Without that row those times must be found
     again among all the rows that stay; otherwise taking the row out leaves them be."""
+    if lost.is_empty():  # (a run that removes nothing: most runs)
+        return lost.select(key)
     times = [c for c in END_COLUMNS if c.endswith("_at")]
     at_ends = (
         previous.join(lost.select(key).unique(), on=key, how="semi")
