@@ -329,8 +329,8 @@ def land_workspace(
         main, frame, children, child_table = job
         account_id = frame["account_id"][0]
         name = _file_name(version)
-        if children.height:
-            child = children.with_columns(version=pl.lit(version, dtype=pl.Int64))
+        child = children.with_columns(version=pl.lit(version, dtype=pl.Int64))
+        if child.height:
             lake.write_parquet_atomic(
                 _arrow(child, lake.TABLES[child_table]),
                 lake.account_dir(lake_dir, child_table, account_id) / name,
@@ -340,6 +340,7 @@ def land_workspace(
             seq=pl.int_range(pl.len(), dtype=pl.Int32),
             fetched_at=fetched_at,
         )
+        rows = rows.with_columns(lake.content_hashes(main, rows, child))  # (as lake.flush)
         # Messages (and events) last: readers pick children by (id, version).
         lake.write_parquet_atomic(
             _arrow(rows, lake.TABLES[main]), lake.account_dir(lake_dir, main, account_id) / name
@@ -378,9 +379,10 @@ def reland_messages(
         parts = pl.read_parquet(lake.glob(lake_dir, "participants", [account_id])).join(
             msgs.select(key), on=key, how="semi", maintain_order="left"
         )
+        parts = parts.with_columns(version=pl.lit(version, pl.Int64))
         name = _file_name(version)
         lake.write_parquet_atomic(
-            _arrow(parts.with_columns(version=pl.lit(version, pl.Int64)), lake.PARTICIPANT_SCHEMA),
+            _arrow(parts, lake.PARTICIPANT_SCHEMA),
             lake.account_dir(lake_dir, "participants", account_id) / name,
         )
         rows = msgs.with_columns(
@@ -389,6 +391,7 @@ def reland_messages(
             seq=pl.int_range(pl.len(), dtype=pl.Int32),
             fetched_at=pl.lit(now, dtype=TS),
         )
+        rows = rows.with_columns(lake.content_hashes("messages", rows, parts))
         lake.write_parquet_atomic(
             _arrow(rows, lake.MESSAGE_SCHEMA),
             lake.account_dir(lake_dir, "messages", account_id) / name,

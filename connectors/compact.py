@@ -74,14 +74,14 @@ def compact_account(lake_dir: Path, account_id: str) -> dict[str, int]:
         if len(files) + len(child_files) <= 2:
             continue
         current = (
-            latest_versions(pl.scan_parquet(files, hive_partitioning=False), ["account_id", key])
+            latest_versions(lake.scan(files, main), ["account_id", key])
             .filter(pl.col("op") == "upsert")
             .collect()
         )
         children = pl.DataFrame(schema=pl.from_arrow(lake.TABLES[child].empty_table()).schema)
         if child_files:
             children = (
-                pl.scan_parquet(child_files, hive_partitioning=False)
+                lake.scan(child_files, child)
                 .join(
                     current.lazy().select("account_id", key, "version"),
                     on=["account_id", key, "version"],
@@ -93,7 +93,7 @@ def compact_account(lake_dir: Path, account_id: str) -> dict[str, int]:
         name = f"{top:020d}-compact.parquet"
         for table, frame in ((main, current), (child, children)):
             staged = staging / f"{table}-{name}"
-            lake.write_parquet_atomic(frame.to_arrow().cast(lake.TABLES[table]), staged)
+            lake.write_parquet_atomic(lake.conform(frame, table), staged)
             add.append((str(staged), str(lake.account_dir(lake_dir, table, account_id) / name)))
             kept[table] = frame.height
         remove += files + child_files

@@ -50,6 +50,7 @@ MESSAGE_SCHEMA = pa.schema(
         ("fetched_at", TS),
         ("version", pa.int64()),
         ("seq", pa.int32()),  # order inside the batch: the last change wins
+        ("content_hash", pa.uint64()),  # see content_hashes; null in files landed before it
     ]
 )
 
@@ -93,6 +94,7 @@ EVENT_SCHEMA = pa.schema(
         ("fetched_at", TS),
         ("version", pa.int64()),
         ("seq", pa.int32()),
+        ("content_hash", pa.uint64()),
     ]
 )
 
@@ -116,6 +118,87 @@ TABLES: dict[str, pa.Schema] = {
     "events": EVENT_SCHEMA,
     "attendees": ATTENDEE_SCHEMA,
 }
+
+
+CONTENT_HASH = "content_hash"
+
+
+@dataclass(frozen=True)
+class Relanding:
+    """How an item table is landed again when something changes at the provider (a label,
+    the read state, an RSVP, a field Rapport does not keep): the whole item, its people
+    too, under a new version. `may_change`: the columns such a landing may change without
+    changing anything the build derives from the item; `derived`: values the build does
+    derive from them."""
+
+    people: str  # the table of the item's participants / attendees
+    id_column: str
+    may_change: tuple[str, ...]
+    derived: tuple[tuple[str, pl.Expr], ...] = ()
+
+
+RELANDINGS: dict[str, Relanding] = {
+    "messages": Relanding(
+        "participants",
+        "message_id",
+        ("fetched_at", "version", "seq", "labels", CONTENT_HASH),
+        (("sent", pl.col("labels").list.contains("SENT")),),  # SENT decides the direction
+    ),
+    "events": Relanding("attendees", "event_id", ("fetched_at", "version", "seq", CONTENT_HASH)),
+}
+
+# The content hash's seed: fixed, so every landing of an item hashes alike.
+_HASH_SEED = 0x52617070
+
+
+def content_hashes(table: str, items: pl.DataFrame, people: pl.DataFrame) -> pl.Series:
+    """A 64-bit hash of each item of `table` (messages or events) over what the build
+    derives from it: every column but those a re-landing may change, and its people
+    (`people`: the rows of the same landing) in landing order.
+
+    Two landings of an item with equal hashes are taken as equal in content: the
+    incremental build then reads only this column of the earlier landing instead of all
+    of it (1,000 label changes at 1M messages: 0.23 s -> 0.03 s). Unequal or missing
+    hashes (files landed before the column; another Polars version, whose hash may
+    differ) make the build compare the landings in full, so they cost time, never
+    correctness. Polars' row hash, vectorised: a connector's batch costs milliseconds.
+    """
+    spec = RELANDINGS[table]
+    key = ["account_id", spec.id_column, "version"]
+    kept = sorted(c for c in TABLES[table].names if c not in spec.may_change and c not in key)
+    person = [c for c in TABLES[spec.people].names if c not in key]
+    # Each person's row hashed, then the item's list of them, in landing order (hashing
+    # the list is order-sensitive); 0.2 s per 200,000 mail, against 0.46 s for text.
+    listed = (
+        people.select(*key, _person=pl.struct(person).hash(_HASH_SEED))
+        .group_by(key, maintain_order=True)
+        .agg("_person")
+    )
+    content = (
+        items.select(*key, *kept, **dict(spec.derived))
+        .join(listed, on=key, how="left", maintain_order="left")
+        .drop("version")
+    )
+    return content.hash_rows(_HASH_SEED).alias(CONTENT_HASH)
+
+
+def conform(frame: pl.DataFrame, table: str) -> pa.Table:
+    """`frame` as a lake file of `table`: its columns in order, a column that files
+    landed before it lack (the content hash) as nulls."""
+    schema = TABLES[table]
+    missing = [c for c in schema.names if c not in frame.columns]
+    if missing:
+        frame = frame.with_columns(pl.lit(None).alias(c) for c in missing)
+    return frame.select(schema.names).to_arrow().cast(schema)
+
+
+def scan(files: list[str], table: str) -> pl.LazyFrame:
+    """The lake files of `table` as one frame of its schema (columns added since a
+    file was written read as nulls)."""
+    schema = pl.Schema(pl.from_arrow(TABLES[table].empty_table()).schema)
+    if not files:
+        return pl.LazyFrame(schema=schema)
+    return pl.scan_parquet(files, hive_partitioning=False, schema=schema, missing_columns="insert")
 
 
 def table_dir(lake: Path, table: str) -> Path:
@@ -210,14 +293,22 @@ def flush(lake: Path, batch: Batch) -> dict[str, int]:
     """
     counts: dict[str, int] = {}
     name = f"{batch.version:020d}-{uuid.uuid4().hex[:8]}.parquet"
-    order = sorted(batch.rows, key=lambda t: t in ("messages", "events"))
-    for table in order:
-        rows = batch.rows[table]
-        if not rows:
-            continue
-        arrow = pa.Table.from_pylist(rows, schema=TABLES[table])
-        write_parquet_atomic(arrow, account_dir(lake, table, batch.account_id) / name)
-        counts[table] = len(rows)
+    arrow = {
+        table: pa.Table.from_pylist(rows, schema=TABLES[table])
+        for table, rows in batch.rows.items()
+        if rows
+    }
+    for table, spec in RELANDINGS.items():
+        if table in arrow:
+            items = pl.from_arrow(arrow[table])
+            people = arrow.get(spec.people, TABLES[spec.people].empty_table())
+            hashes = content_hashes(table, items, pl.from_arrow(people)).to_arrow()
+            arrow[table] = arrow[table].set_column(
+                TABLES[table].get_field_index(CONTENT_HASH), CONTENT_HASH, hashes
+            )
+    for table in sorted(arrow, key=lambda t: t in ("messages", "events")):
+        write_parquet_atomic(arrow[table], account_dir(lake, table, batch.account_id) / name)
+        counts[table] = arrow[table].num_rows
     return counts
 
 
@@ -255,7 +346,7 @@ def live_rows(
     if not files:
         schema = pl.from_arrow(TABLES[table].empty_table()).schema
         return pl.DataFrame(schema={c: schema[c] for c in wanted})
-    rows = pl.scan_parquet(files, hive_partitioning=False)
+    rows = scan(files, table)
     if stream is not None:
         rows = rows.filter(pl.col("stream") == stream)
     return (

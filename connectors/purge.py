@@ -46,8 +46,8 @@ def _matching_ids(lake_dir: Path, account_id: str, table: str, blocklist: pl.Dat
     return set(hits["message_id"].to_list())
 
 
-def _rewrite(path: str, frame: pl.DataFrame, schema) -> None:  # noqa: ANN001
-    lake.write_parquet_atomic(frame.to_arrow().cast(schema), Path(path))
+def _rewrite(path: str, frame: pl.DataFrame, table: str) -> None:
+    lake.write_parquet_atomic(lake.conform(frame, table), Path(path))
 
 
 def purge_blocklisted(lake_dir: Path, account_id: str, blocklist: pl.DataFrame) -> int:
@@ -76,7 +76,14 @@ def purge_blocklisted(lake_dir: Path, account_id: str, blocklist: pl.DataFrame) 
                     pl.when(hit).then(pl.lit("blocked")).otherwise(pl.col("status")).alias("status")
                 )
             purged += frame.select(hit.sum()).item()
-            _rewrite(path, frame.with_columns(changes), lake.TABLES[table])
+            if lake.CONTENT_HASH in frame.columns:  # (a marker's content is gone)
+                changes.append(
+                    pl.when(hit)
+                    .then(None)
+                    .otherwise(pl.col(lake.CONTENT_HASH))
+                    .alias(lake.CONTENT_HASH)
+                )
+            _rewrite(path, frame.with_columns(changes), table)
         for path in lake.glob(lake_dir, CHILD[table], [account_id]):
             frame = pl.from_arrow(pq.read_table(path))
             keep = frame.filter(~pl.col(id_col).is_in(list(ids)))
@@ -84,7 +91,7 @@ def purge_blocklisted(lake_dir: Path, account_id: str, blocklist: pl.DataFrame) 
                 if keep.is_empty():
                     Path(path).unlink()
                 else:
-                    _rewrite(path, keep, lake.TABLES[CHILD[table]])
+                    _rewrite(path, keep, CHILD[table])
     return purged
 
 

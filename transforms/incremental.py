@@ -33,6 +33,8 @@ from typing import Protocol
 
 import polars as pl
 
+from connectors import lake
+from connectors.lake import CONTENT_HASH
 from transforms.addresses import may_normalise_into, normalise_addresses
 from transforms.current import current_messages, current_participants, latest_versions
 from transforms.events import (
@@ -307,10 +309,18 @@ class Landing:
     may_change: tuple[str, ...]
     derived: dict[str, pl.Expr] = field(default_factory=dict)  # read from what may change
     name: str = "items"  # in fallback reasons
+    live_columns: tuple[str, ...] = ("op",)  # what `current` reads besides key and version
 
     @property
     def key(self) -> list[str]:
         return ["account_id", self.id_column]
+
+    def _scan(self, files: dict[str, list[str]], keys: pl.DataFrame, table: str) -> pl.LazyFrame:
+        """The rows of `table` among `files` of the items of `keys`."""
+        accounts = keys["account_id"].unique().to_list()
+        paths = files_of_accounts(files, table, accounts)  # (the keys' accounts only)
+        ids = keys[self.id_column].unique().implode()
+        return scan_files(paths, table).filter(pl.col(self.id_column).is_in(ids))
 
     def landed(
         self, files: dict[str, list[str]], keys: pl.DataFrame, columns: list[str] | None = None
@@ -318,25 +328,25 @@ class Landing:
         """The live landed version of each item of `keys` among `files`, and its people
         in landing order. `columns`: the item columns to read (default: all). A lake
         file is one row group, so a match decodes each column read for the whole file."""
-        accounts = keys["account_id"].unique().to_list()
-        ids = keys[self.id_column].unique().implode()
-
-        def scan(table: str, columns: list[str] | None = None) -> pl.LazyFrame:
-            paths = files_of_accounts(files, table, accounts)  # (the keys' accounts only)
-            frame = scan_files(paths, table)
-            if columns is not None:
-                frame = frame.select(columns)
-            return frame.filter(pl.col(self.id_column).is_in(ids))
-
-        items = scan(self.items, columns).join(keys.lazy(), on=self.key, how="semi")
-        items = self.current(items).collect()
+        items = self._scan(files, keys, self.items)
+        if columns is not None:
+            items = items.select(columns)
+        items = self.current(items.join(keys.lazy(), on=self.key, how="semi")).collect()
         version = [*self.key, "version"]
         people = (
-            scan(self.people)
+            self._scan(files, keys, self.people)
             .join(items.lazy().select(version), on=version, how="semi", maintain_order="left")
             .collect()
         )
         return items, people
+
+    def content_hashes(self, files: dict[str, list[str]], keys: pl.DataFrame) -> pl.DataFrame:
+        """(key, content_hash) of the live landed version of each item of `keys` among
+        `files`: a few narrow columns read, not the items' content and people."""
+        columns = [*self.key, "version", "seq", *self.live_columns, CONTENT_HASH]
+        items = self._scan(files, keys, self.items).select(columns)
+        items = self.current(items.join(keys.lazy(), on=self.key, how="semi"))
+        return items.select(*self.key, CONTENT_HASH).collect()
 
 
 def changed_items(
@@ -379,17 +389,19 @@ RELANDED_MAIL = Landing(
     "participants",
     "message_id",
     current_messages,
-    ("fetched_at", "version", "seq", "labels"),
-    {"sent": pl.col("labels").list.contains("SENT")},  # SENT decides the direction
+    lake.RELANDINGS["messages"].may_change,
+    dict(lake.RELANDINGS["messages"].derived),
     name="mail",
+    live_columns=("op", "rfc_message_id"),
 )
 RELANDED_EVENTS = Landing(
     "events",
     "attendees",
     "event_id",
     current_events,
-    ("fetched_at", "version", "seq"),
+    lake.RELANDINGS["events"].may_change,
     name="events",
+    live_columns=("op", "status"),
 )
 
 
@@ -411,15 +423,21 @@ def sort_landings(
     key = landing.key
     is_published = pl.concat_str(key, separator=":").is_in(published.implode())
     relanded = live.filter(is_published)
-    changed = relanded.clear()
+    changed, unsure = relanded.clear(), relanded.clear()
     if relanded.height:
-        was, now = landing.landed(known_files, relanded), landing.landed(new_files, relanded)
-        changed = changed_items(landing, was, now)
+        # Equal content hashes: the same content (lake.content_hashes), read from one
+        # narrow column. The rest (hashes unequal or missing) is compared in full.
+        was, now = (landing.content_hashes(f, relanded) for f in (known_files, new_files))
+        same = now.join(was, on=[*key, CONTENT_HASH], how="semi")  # (nulls never equal)
+        unsure = relanded.join(same, on=key, how="anti")
+        if unsure.height:
+            was, now = landing.landed(known_files, unsure), landing.landed(new_files, unsure)
+            changed = changed_items(landing, was, now)
     gone = deleted.filter(is_published)
     hidden = deleted.join(gone, on=key, how="anti")
     if hidden.height and landing.landed(known_files, hidden)[0].height:
         raise Fallback(f"the delta deletes hidden {landing.name}")
-    return relanded.join(changed, on=key, how="anti"), changed, gone
+    return relanded.join(changed, on=key, how="anti"), changed, gone, unsure.height
 
 
 MAIL_KEY = ["account_id", "message_id"]
@@ -713,7 +731,7 @@ def _build_delta(
             ]
         ),
     ).to_series()
-    relanded_events, changed_events, gone_events = sort_landings(
+    relanded_events, changed_events, gone_events, compared_events = sort_landings(
         RELANDED_EVENTS,
         events.select(event_key),
         deleted_events,
@@ -731,7 +749,7 @@ def _build_delta(
     if lookup.matching("quarantine", quarantine.select("account_id", "item_id")).height:
         raise Fallback("the delta changes quarantined items")
     # Mail landed again (a label or read-state change re-fetches it) or deleted: as events.
-    relanded, changed_mail, gone = sort_landings(
+    relanded, changed_mail, gone, compared_mail = sort_landings(
         RELANDED_MAIL,
         msgs.select(MAIL_KEY),
         deleted,
@@ -1195,6 +1213,8 @@ def _build_delta(
     stats = {
         "delta_messages": visible.height,
         "relanded_unchanged": relanded.height + relanded_events.height,
+        # (of the mail and events landed again: those whose content hashes did not tell)
+        "relanded_compared_in_full": compared_mail + compared_events,
         "messages_deleted": removed.message_keys.len() - changed_mail.height,
         "messages_changed": changed_mail.height,
         "events_removed": removed.event_keys.len(),

@@ -61,7 +61,7 @@ from transforms.rules import message_key, split_blocked, with_direction
 TS = pl.Datetime("us", "UTC")
 # Lake columns of mail no table or rule reads: not decoded (in_reply_to alone is ~35 MB
 # of strings at a million messages).
-MESSAGE_LAKE_COLUMNS_UNUSED = ["provider", "stream", "fetched_at", "in_reply_to"]
+MESSAGE_LAKE_COLUMNS_UNUSED = ["provider", "stream", "fetched_at", "in_reply_to", lake.CONTENT_HASH]
 # What mail participants keep of normalise_addresses: at a million messages each column
 # copied onto the 3.9M rows is ~60 MB (registrable domain and free-mail are per domain).
 PARTICIPANT_ADDRESS_COLUMNS = ["email", "domain", "canonical_key", "valid", "internal"]
@@ -150,10 +150,7 @@ def lake_file_id(lake_dir: Path, path: str) -> str:
 
 
 def scan_files(files: list[str], table: str) -> pl.LazyFrame:
-    schema = pl.Schema(pl.from_arrow(lake.TABLES[table].empty_table()).schema)
-    if not files:
-        return pl.LazyFrame(schema=schema)
-    return pl.scan_parquet(files, hive_partitioning=False, schema=schema)
+    return lake.scan(files, table)
 
 
 def state_tables(

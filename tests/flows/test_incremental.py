@@ -143,14 +143,30 @@ def test_a_new_record_that_duplicates_an_existing_one_folds_into_it(tmp_path):
     assert_equals_full_rebuild(home, AS_OF)
 
 
-def test_mail_landed_again_with_new_labels_changes_nothing_and_stays_incremental(tmp_path):
+def drop_content_hashes(lake_dir: Path) -> int:
+    """Rewrite the lake's mail and event files without their content hash, as files
+    landed before the column are."""
+    import pyarrow.parquet as pq
+
+    files = [*lake_dir.glob("raw/messages/*/*.parquet"), *lake_dir.glob("raw/events/*/*.parquet")]
+    for path in files:
+        table = pq.read_table(path)
+        pq.write_table(table.drop_columns(["content_hash"]), path)
+    return len(files)
+
+
+@pytest.mark.parametrize("hashed", [True, False], ids=["hashed", "older-lake"])
+def test_mail_landed_again_with_new_labels_changes_nothing_and_stays_incremental(tmp_path, hashed):
     """Starring h2 and marking h3 read re-fetch them (DESIGN §3): the same mail landed
     again; ev1 comes back unchanged in what Rapport keeps (an edited description). The
     run is incremental, adds one new mail, counts Ann's name once (not twice), and
-    equals a full build of the lake."""
+    equals a full build of the lake. The same from an older lake, whose files have no
+    content hash: the landings are then compared in full."""
     box, home = sandbox_home(tmp_path)
     box.land(ALICE, HISTORY)
     box.land_event(BOB, "ev1", "2026-06-03T10:00:00", BOB, ["ann@globex.com"])
+    if not hashed:
+        assert drop_content_hashes(home.lake) == 2
     publish(home, AS_OF)
     box.land_event(BOB, "ev1", "2026-06-03T10:00:00", BOB, ["ann@globex.com"])
     box.land(
@@ -165,6 +181,7 @@ def test_mail_landed_again_with_new_labels_changes_nothing_and_stays_incremental
     assert out.mode == "incremental", out.fallback_reason
     assert (out.stats["delta_messages"], out.stats["delta_events"]) == (1, 0)
     assert out.stats["relanded_unchanged"] == 3
+    assert out.stats["relanded_compared_in_full"] == (0 if hashed else 3)
     tables = snapshot(home.warehouse)
     assert tables["messages"].height == len(HISTORY) + 1
     ann = tables["_rapport_name_counts"].filter(pl.col("email") == "ann@globex.com")
@@ -193,6 +210,7 @@ def test_mail_landed_again_changed_is_redone_incrementally(tmp_path, change):
     out = publish(home, AS_OF)
     assert out.mode == "incremental", out.fallback_reason
     assert (out.stats["messages_changed"], out.stats["messages_deleted"]) == (1, 0)
+    assert out.stats["relanded_compared_in_full"] == 1  # (its hash moved: confirmed)
     tables = snapshot(home.warehouse)
     assert tables["messages"].height == len(HISTORY)
     if change == "sent":

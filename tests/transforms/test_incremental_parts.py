@@ -8,7 +8,13 @@ import polars as pl
 import pyarrow as pa
 from polars.testing import assert_frame_equal
 
-from connectors.lake import MESSAGE_SCHEMA, PARTICIPANT_SCHEMA
+from connectors.lake import (
+    ATTENDEE_SCHEMA,
+    EVENT_SCHEMA,
+    MESSAGE_SCHEMA,
+    PARTICIPANT_SCHEMA,
+    content_hashes,
+)
 from transforms.events import EVENTS_SCHEMA, events_table
 from transforms.incremental import RELANDED_MAIL, changed_items, changed_rows
 from transforms.records import address_keys, touched_people
@@ -151,6 +157,57 @@ def test_a_relanding_is_the_same_mail_when_only_labels_other_than_sent_moved():
     assert not same(was, _landing(["INBOX"], 2, [("from", "ann@globex.com", "A")]))
     renamed = [("from", "ann@globex.com", "Ann Lee"), *parts[1:]]
     assert not same(was, _landing(["INBOX"], 2, renamed))
+
+
+def same_hash(was, now) -> bool:
+    return content_hashes("messages", *was).equals(content_hashes("messages", *now))
+
+
+def test_the_content_hash_of_a_relanding_agrees_with_the_full_comparison():
+    """The incremental build takes equal hashes as the same mail (reading one column of
+    the earlier landing): every case of the test above, decided by the hash alone."""
+    parts = [("from", "ann@globex.com", "Ann"), ("to", "a@acme.io", None), ("to", "b@x.io", None)]
+    was = _landing(["INBOX", "UNREAD"], 1, parts)
+    renamed = [("from", "ann@globex.com", "Ann Lee"), *parts[1:]]
+    cases = [
+        _landing(["INBOX", "STARRED"], 2, parts),
+        _landing(["INBOX", "SENT"], 2, parts),
+        _landing(["INBOX"], 2, [parts[0], parts[2], parts[1]]),
+        _landing(["INBOX"], 2, [("from", "ann@globex.com", "A")]),
+        _landing(["INBOX"], 2, renamed),
+        _landing(["INBOX"], 2, []),
+    ]
+    assert [same_hash(was, now) for now in cases] == [same(was, now) for now in cases]
+    assert [same_hash(was, now) for now in cases] == [True, False, False, False, False, False]
+    subject = (was[0].with_columns(subject=pl.lit("hello again")), was[1])
+    assert not same_hash(was, subject)
+
+
+def test_the_content_hash_of_an_event_moves_with_its_time_and_its_answers():
+    def landing(starts: int, fetched: int, answer: str):
+        event = {name: None for name in EVENT_SCHEMA.names}
+        event |= {
+            "account_id": "a1",
+            "event_id": "e1",
+            "op": "upsert",
+            "status": "confirmed",
+            "starts_at": datetime(2026, 6, 1, starts, tzinfo=UTC),
+            "fetched_at": datetime(2026, 6, 2, fetched, tzinfo=UTC),
+            "version": fetched,
+            "seq": 0,
+        }
+        who = {"account_id": "a1", "event_id": "e1", "version": fetched, "role": "attendee"}
+        people = [who | {"address": "ann@globex.com", "response_status": answer}]
+        return content_hashes(
+            "events",
+            pl.from_arrow(pa.Table.from_pylist([event], EVENT_SCHEMA)),
+            pl.from_arrow(pa.Table.from_pylist(people, ATTENDEE_SCHEMA)),
+        ).item()
+
+    was = landing(9, 1, "needsAction")
+    assert landing(9, 2, "needsAction") == was  # fetched again: the same event
+    assert landing(10, 2, "needsAction") != was  # moved
+    assert landing(9, 2, "accepted") != was  # an RSVP
 
 
 def test_no_events_make_an_empty_events_table_of_the_contract_schema() -> None:
