@@ -1619,7 +1619,21 @@ def main(argv: list[str] | None = None) -> int:
     json_path.write_text(json.dumps(results, indent=2, default=str))
     print_report(results)
     print(f"JSON: {json_path}")
+    failed = errors_in(results)
+    if failed:  # (a bench with a failed part is no bench: the table shows what failed)
+        print(f"[bench] {len(failed)} part(s) failed:", *failed, sep="\n  ", file=sys.stderr)
+        return 1
     return 0
+
+
+def errors_in(results: Any) -> list[str]:
+    """Every "error" a part of the results reports."""
+    if isinstance(results, dict):
+        found = [str(results["error"])] if results.get("error") else []
+        return found + [e for k, v in results.items() if k != "error" for e in errors_in(v)]
+    if isinstance(results, list):
+        return [e for v in results for e in errors_in(v)]
+    return []
 
 
 if __name__ == "__main__":

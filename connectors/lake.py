@@ -50,7 +50,7 @@ MESSAGE_SCHEMA = pa.schema(
         ("fetched_at", TS),
         ("version", pa.int64()),
         ("seq", pa.int32()),  # order inside the batch: the last change wins
-        ("content_hash", pa.uint64()),  # see content_hashes; null in files landed before it
+        ("content_hash", pa.int64()),  # see content_hashes; null in files landed before it
     ]
 )
 
@@ -94,7 +94,7 @@ EVENT_SCHEMA = pa.schema(
         ("fetched_at", TS),
         ("version", pa.int64()),
         ("seq", pa.int32()),
-        ("content_hash", pa.uint64()),
+        ("content_hash", pa.int64()),
     ]
 )
 
@@ -179,7 +179,8 @@ def content_hashes(table: str, items: pl.DataFrame, people: pl.DataFrame) -> pl.
         .join(listed, on=key, how="left", maintain_order="left")
         .drop("version")
     )
-    return content.hash_rows(_HASH_SEED).alias(CONTENT_HASH)
+    # (its 64 bits as a signed integer: what DuckDB, Arrow and pandas hold as a BIGINT)
+    return content.hash_rows(_HASH_SEED).reinterpret(signed=True).alias(CONTENT_HASH)
 
 
 def conform(frame: pl.DataFrame, table: str) -> pa.Table:

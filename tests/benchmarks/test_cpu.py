@@ -17,7 +17,7 @@ from benchmarks.cpu import (
     thread_group,
 )
 from benchmarks.profiling import SiteTimer
-from benchmarks.run import first_ever, machine_line
+from benchmarks.run import errors_in, first_ever, machine_line
 
 
 def test_schedstat_is_read_as_seconds_running_and_waiting() -> None:
@@ -89,6 +89,17 @@ def test_the_bench_names_the_machine_it_ran_on() -> None:
     line = machine_line({**meta, "platform": "Linux-6.18-x86_64"})
     assert line == "machine: AMD EPYC at 2000 MHz, 2 cores, Python 3.11.7, Linux-6.18-x86_64"
     assert machine_line({}).startswith("machine: processor unknown, ? cores")
+
+
+def test_a_bench_finds_every_part_that_failed() -> None:
+    # (make bench exits 1 when any is found: a size whose worker died is no figure)
+    results = {
+        "sizes": [{"messages": 10, "rebuild_s": 0.5}, {"error": "worker rebuild exited with 1"}],
+        "extraction": {"gmail": {"error": "quota"}, "graph": {"ratio": 0.98}},
+        "prefect": {"error": None},
+    }
+    assert errors_in(results) == ["worker rebuild exited with 1", "quota"]
+    assert errors_in({"sizes": [{"messages": 10}], "prefect": {}}) == []
 
 
 def test_a_first_prefect_run_that_failed_says_why_instead_of_a_number() -> None:

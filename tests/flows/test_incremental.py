@@ -749,6 +749,8 @@ def test_a_gmail_label_change_synced_from_the_simulator_is_published_incremental
         assert (gmail.mode, gmail.landed) == ("incremental", 2)
         assert out.mode == "incremental", out.fallback_reason
         assert (out.stats["relanded_unchanged"], out.stats["delta_messages"]) == (2, 0)
+        # the client's two fetches of each mail hash alike: told apart by hash alone
+        assert out.stats["relanded_compared_in_full"] == 0
         assert snapshot(home.warehouse)["messages"].height == 2
         assert_equals_full_rebuild(home, AS_OF)
 
@@ -776,6 +778,7 @@ def test_an_outlook_read_state_change_and_a_removal_are_published_incrementally(
         assert (mail.mode, mail.landed) == ("incremental", 1)
         assert out.mode == "incremental", out.fallback_reason
         assert (out.stats["relanded_unchanged"], out.stats["delta_messages"]) == (1, 0)
+        assert out.stats["relanded_compared_in_full"] == 0
         assert_equals_full_rebuild(home, AS_OF)
         # Then she files it away (out of the Inbox: '@removed' in the delta): the mail
         # leaves the warehouse, still incrementally.
