@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 import connectors.compact as compact
@@ -78,3 +80,34 @@ def test_compaction_keeps_the_warehouse_and_shrinks_the_lake(tmp_path, monkeypat
         results, _ = run_pipeline(home)
         gmail = [r for r in results if r.stream == "gmail"][0]
         assert (gmail.mode, gmail.landed) == ("incremental", 1)
+
+
+def test_compaction_hashes_the_content_of_files_landed_before_the_hash(tmp_path):
+    """A lake landed before the content hash (its files without the column) comes out of
+    compaction with the hashes the connectors would have landed: later re-landings of
+    its mail are then told unchanged by hash."""
+    with GoogleSimulator() as sim:
+        home = Home(tmp_path / "data")
+        acc = connect(home, sim, ALICE).account_id
+        grow(sim, home, 3)
+        files = lake.glob(home.lake, "messages", [acc])
+
+        def live_hashes() -> pl.DataFrame:
+            rows = lake.scan(lake.glob(home.lake, "messages", [acc]), "messages")
+            return (
+                rows.sort("version", "seq")
+                .unique("message_id", keep="last")
+                .filter(pl.col("op") == "upsert")
+                .select("message_id", "content_hash")
+                .sort("message_id")
+                .collect()
+            )
+
+        landed = live_hashes()
+        assert landed.height > 5 and landed["content_hash"].null_count() == 0
+        for path in files:  # as an older Rapport landed them
+            pq.write_table(pq.read_table(path).drop_columns(["content_hash"]), path)
+        assert live_hashes()["content_hash"].null_count() == landed.height
+        compact_lake(home, min_files=0)
+        assert len(lake.glob(home.lake, "messages", [acc])) == 1
+        assert live_hashes().equals(landed)
