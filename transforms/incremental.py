@@ -73,6 +73,7 @@ from transforms.pipeline import (
     read_quarantine,
     scan_files,
     sharing_company_domains,
+    upcoming_meetings,
     with_contacts,
 )
 from transforms.records import (
@@ -89,7 +90,7 @@ from transforms.records import (
 from transforms.rules import split_blocked, with_direction
 
 # Bump when the meaning of the kept state changes: older warehouses then rebuild in full.
-STATE_VERSION = "8"
+STATE_VERSION = "9"
 # Windows of the metrics (days): time moving past their edges changes a person's row.
 WINDOW_DAYS = (0, 30, 90, 365)
 INTERACTION_KEY = ["member_id", "person_id", "source_key"]
@@ -133,6 +134,7 @@ class Previous:
     address_keys = property(lambda self: self._table("_rapport_address_keys"))
     person_keys = property(lambda self: self._table("_rapport_person_keys"))
     domain_info = property(lambda self: self._table("_rapport_domain_info"))
+    upcoming = property(lambda self: self._table("_rapport_upcoming_meetings"))
     activity = property(  # "person_id" / "company_id" -> activity rows
         lambda self: {
             "person_id": self._table("_rapport_person_activity"),
@@ -157,6 +159,7 @@ PREVIOUS_TABLES = (
     "_rapport_connection_sums",
     "_rapport_person_activity",
     "_rapport_company_activity",
+    "_rapport_upcoming_meetings",
 )
 
 
@@ -185,8 +188,6 @@ class Lookup(Protocol):
     def rows_between(self, ranges: list[tuple[datetime, datetime]]) -> pl.DataFrame: ...
 
     def rows_with_sources(self, sources: pl.Series) -> pl.DataFrame: ...
-
-    def meetings_after(self, after: datetime) -> pl.DataFrame: ...
 
     def ends_of(
         self,
@@ -672,7 +673,6 @@ def _build_delta(
 ) -> DeltaStaged:
     around_rows = background.submit(lookup.rows_between, time_ranges(previous.as_of, frames.as_of))
     as_of = frames.as_of
-    future_rows = background.submit(lookup.meetings_after, as_of)  # (few: upcoming only)
     if as_of < previous.as_of:
         raise Fallback("as_of is earlier than the published run's")
     internal_addresses, internal_domains = frames.internal
@@ -1122,13 +1122,20 @@ def _build_delta(
         pair, sums, previous.connection_sums, gone_pairs
     )
     sink.upsert({"_rapport_connection_sums": upsert["_rapport_connection_sums"]})
+    # The stored meetings still ahead that stay, and with the delta's: the next state.
+    upcoming = removed.drop_rows(previous.upcoming.filter(pl.col("at") > utc_instant(as_of)))
+    upsert["_rapport_upcoming_meetings"] = changed_rows(
+        pl.concat([upcoming, upcoming_meetings(delta_interactions, as_of)]),
+        previous.upcoming,
+        INTERACTION_KEY,
+    )
+    sink.upsert({"_rapport_upcoming_meetings": upsert["_rapport_upcoming_meetings"]})
     sink.checkpoint()  # only the activity rows are still to come
     members = frames.members
     new_companies = companies.join(previous.companies, on="company_id", how="anti")
 
     updated_keys: dict[str, int] = {}
     redone_keys: dict[str, int] = {}
-    upcoming = removed.drop_rows(future_rows.result())  # (the meetings that stay)
 
     def updated(key: str, extra: pl.Series, ids: pl.DataFrame) -> pl.DataFrame:
         """New activity rows of the keys the delta or the clock touched (of `ids`)."""

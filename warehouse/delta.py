@@ -64,6 +64,7 @@ STATE_TABLES = (
     "_rapport_address_keys",
     "_rapport_person_keys",
     "_rapport_domain_info",
+    "_rapport_upcoming_meetings",
 )
 
 
@@ -270,16 +271,6 @@ class DuckLookup:
         """(message_key, account_id, rfc_message_id) of published mail with these ids."""
         columns = "SELECT message_key, account_id, rfc_message_id FROM messages"
         return self._where_in(columns, "rfc_message_id", rfc_ids)
-
-    def meetings_after(self, after: datetime) -> pl.DataFrame:
-        """(person_id, company_id, at, member_id, source_key) of every meeting after `after`
-        (upcoming: few)."""
-        sql = (
-            'SELECT person_id, company_id, "at", member_id, source_key FROM interactions'
-            " WHERE kind = 'meeting' AND \"at\" > ?"
-        )
-        with self._cursor() as cur:
-            return _utc(cur.sql(sql, params=[after]).pl())
 
     def _where_in(
         self, select: str, column: str, ids: pl.Series, params: list[object] | None = None

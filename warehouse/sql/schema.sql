@@ -219,6 +219,16 @@ CREATE TABLE _rapport_domain_info (
     is_free_mail       BOOLEAN
 );
 
+-- The interactions that are meetings after the run's as_of (few): the next run finds
+-- each key's next meeting here instead of scanning every interaction.
+CREATE TABLE _rapport_upcoming_meetings (
+    person_id  VARCHAR NOT NULL,
+    company_id VARCHAR,
+    "at"       TIMESTAMPTZ NOT NULL,
+    member_id  VARCHAR NOT NULL,
+    source_key VARCHAR NOT NULL
+);
+
 -- Would-be interactions with addresses that are not people (yet): when one becomes a
 -- person, its history is here, not only in the lake.
 CREATE TABLE _rapport_contact_history (
