@@ -72,7 +72,7 @@ from transforms.pipeline import (
     read_events,
     read_quarantine,
     scan_files,
-    sharing_company_domains,
+    sharing_merge_keys,
     upcoming_meetings,
     with_contacts,
 )
@@ -871,12 +871,13 @@ def _build_delta(
             ]
         )
     # Companies, merges and links can change only for the rebuilt people and those who
-    # share a company domain with them; everyone else keeps their row, link included.
+    # share a merge key with them (sharing_merge_keys says why); everyone else keeps
+    # their row, link included.
     # (the domains earlier runs looked up are kept, those of every earlier record: only
     # the rebuilt people's addresses can be new)
     new_domains = domain_info_for(redone, frames.extra_free_mail, previous.domain_info)
     domain_info = pl.concat([previous.domain_info.cast(new_domains.schema), new_domains])
-    near = sharing_company_domains(people, redone["person_id"], domain_info)
+    near = sharing_merge_keys(people, redone["person_id"], domain_info)
     in_near = pl.col("person_id").is_in(near.implode())
     near_people, companies, person_merges = finish_records(
         people.filter(in_near),
@@ -1236,6 +1237,8 @@ def _build_delta(
         # (of those updated: first and last times found again, a lost row having held one)
         "activity_redone": redone_keys["person_id"] + redone_keys["company_id"],
         "people_created": new_people.height,
+        # (whose company, merges and link were worked out again: sharing_merge_keys)
+        "people_refinished": near.len(),
         "quarantined": quarantine.height,
     }
     gate_tables = {

@@ -28,10 +28,10 @@ def _name_key() -> pl.Expr:
     return pl.when(name.str.split(" ").list.len() >= 2).then(name)
 
 
-def name_merge_pairs(people: pl.DataFrame, domain_info: pl.DataFrame) -> pl.DataFrame:
-    """(person_id, survivor_id, name, domain) for every person to fold into an older one."""
-    # One plan, collected once (an incremental run's small frames cost mostly per query).
-    addr = (
+def merge_keys(people: pl.DataFrame, domain_info: pl.DataFrame) -> pl.LazyFrame:
+    """(person_id, created_at, name_key, registrable_domain): what a same-name merge
+    matches on, one row per company-able domain of each person with a full name."""
+    return (
         people.lazy()
         .select("person_id", "created_at", name_key=_name_key(), email="email_addresses")
         .filter(pl.col("name_key").is_not_null())
@@ -42,6 +42,12 @@ def name_merge_pairs(people: pl.DataFrame, domain_info: pl.DataFrame) -> pl.Data
         .select("person_id", "created_at", "name_key", "registrable_domain")
         .unique()
     )
+
+
+def name_merge_pairs(people: pl.DataFrame, domain_info: pl.DataFrame) -> pl.DataFrame:
+    """(person_id, survivor_id, name, domain) for every person to fold into an older one."""
+    # One plan, collected once (an incremental run's small frames cost mostly per query).
+    addr = merge_keys(people, domain_info)
     groups = (
         addr.sort("created_at", "person_id")
         .group_by("name_key", "registrable_domain", maintain_order=True)

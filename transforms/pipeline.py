@@ -29,7 +29,7 @@ from transforms.events import (
     events_table,
     meeting_interactions,
 )
-from transforms.merges import apply_merges
+from transforms.merges import apply_merges, merge_keys
 from transforms.metrics import (
     INTERACTIONS_SCHEMA,
     SUM_COLUMNS,
@@ -504,23 +504,22 @@ def domain_info_for(
     )
 
 
-def sharing_company_domains(
+def sharing_merge_keys(
     people: pl.DataFrame, ids: pl.Series, domain_info: pl.DataFrame
 ) -> pl.Series:
-    """`ids` plus every person holding an address on a company-able (registrable, not
-    free-mail) domain that one of `ids` holds: the people whose company, merges or
-    link a change to `ids` can reach (finish_records of just them equals it over all)."""
-    addresses = (
-        people.select("person_id", raw=pl.col("email_addresses"))
-        .explode("raw")
-        .with_columns(pl.col("raw").str.split("@").list.get(1))
-        .join(domain_info, left_on="raw", right_on="domain")
-        .filter(pl.col("registrable_domain").is_not_null() & ~pl.col("is_free_mail"))
-        .select("person_id", "registrable_domain")
-    )
-    domains = addresses.filter(pl.col("person_id").is_in(ids.implode()))["registrable_domain"]
-    sharing = addresses.filter(pl.col("registrable_domain").is_in(domains.implode()))
-    return pl.concat([ids, sharing["person_id"]]).unique()
+    """`ids` plus every person who shares a merge key (a full name on a company-able
+    domain) with one of them: the people whose row a change to `ids` can reach, so
+    finish_records of just them equals it over all.
+
+    Companies and links need no one else: a carried-forward company's creation time only
+    moves earlier (the minimum with these people's), a domain no company has yet is held
+    by none but `ids` (every earlier person's domains have their companies), and a link
+    is each person's own, from their addresses and last use (which changes only for
+    addresses of the delta, whose people are among `ids`)."""
+    keys = merge_keys(people, domain_info).select("person_id", "name_key", "registrable_domain")
+    of_ids = keys.filter(pl.col("person_id").is_in(ids.implode())).drop("person_id")
+    sharing = keys.join(of_ids.unique(), on=["name_key", "registrable_domain"], how="semi")
+    return pl.concat([ids, sharing.select("person_id").collect().to_series()]).unique()
 
 
 def new_survivors(person_merges: pl.DataFrame, previous: pl.DataFrame | None) -> pl.Series:
