@@ -300,17 +300,29 @@ def _message_keys(frame: pl.DataFrame, id_column: str, name: str) -> pl.DataFram
 @dataclass(frozen=True)
 class Landing:
     """One kind of item a connector lands again when it changes at the provider (a label,
-    the read state, an RSVP, a field Rapport does not keep), and what such a landing may
-    change without changing anything the build derives from the item."""
+    the read state, an RSVP, a field Rapport does not keep): what such a landing may
+    change is `lake.RELANDINGS[items]`, the one definition the content hash uses too."""
 
     items: str  # lake table of the items
-    people: str  # lake table of their participants / attendees
-    id_column: str
     current: Callable[[pl.LazyFrame], pl.LazyFrame]  # the live version of each item
-    may_change: tuple[str, ...]
-    derived: dict[str, pl.Expr] = field(default_factory=dict)  # read from what may change
     name: str = "items"  # in fallback reasons
     live_columns: tuple[str, ...] = ("op",)  # what `current` reads besides key and version
+
+    @property
+    def people(self) -> str:  # lake table of their participants / attendees
+        return lake.RELANDINGS[self.items].people
+
+    @property
+    def id_column(self) -> str:
+        return lake.RELANDINGS[self.items].id_column
+
+    @property
+    def may_change(self) -> tuple[str, ...]:
+        return lake.RELANDINGS[self.items].may_change
+
+    @property
+    def derived(self) -> dict[str, pl.Expr]:  # read from what may change
+        return dict(lake.RELANDINGS[self.items].derived)
 
     @property
     def key(self) -> list[str]:
@@ -341,7 +353,7 @@ class Landing:
         )
         return items, people
 
-    def content_hashes(self, files: dict[str, list[str]], keys: pl.DataFrame) -> pl.DataFrame:
+    def landed_hashes(self, files: dict[str, list[str]], keys: pl.DataFrame) -> pl.DataFrame:
         """(key, content_hash) of the live landed version of each item of `keys` among
         `files`: a few narrow columns read, not the items' content and people."""
         columns = [*self.key, "version", "seq", *self.live_columns, CONTENT_HASH]
@@ -386,24 +398,9 @@ def files_of_accounts(files: dict[str, list[str]], table: str, accounts: list[st
 
 
 RELANDED_MAIL = Landing(
-    "messages",
-    "participants",
-    "message_id",
-    current_messages,
-    lake.RELANDINGS["messages"].may_change,
-    dict(lake.RELANDINGS["messages"].derived),
-    name="mail",
-    live_columns=("op", "rfc_message_id"),
+    "messages", current_messages, name="mail", live_columns=("op", "rfc_message_id")
 )
-RELANDED_EVENTS = Landing(
-    "events",
-    "attendees",
-    "event_id",
-    current_events,
-    lake.RELANDINGS["events"].may_change,
-    name="events",
-    live_columns=("op", "status"),
-)
+RELANDED_EVENTS = Landing("events", current_events, name="events", live_columns=("op", "status"))
 
 
 def sort_landings(
@@ -428,7 +425,7 @@ def sort_landings(
     if relanded.height:
         # Equal content hashes: the same content (lake.content_hashes), read from one
         # narrow column. The rest (hashes unequal or missing) is compared in full.
-        was, now = (landing.content_hashes(f, relanded) for f in (known_files, new_files))
+        was, now = (landing.landed_hashes(f, relanded) for f in (known_files, new_files))
         same = now.join(was, on=[*key, CONTENT_HASH], how="semi")  # (nulls never equal)
         unsure = relanded.join(same, on=key, how="anti")
         if unsure.height:
@@ -1123,12 +1120,16 @@ def _build_delta(
         pair, sums, previous.connection_sums, gone_pairs
     )
     sink.upsert({"_rapport_connection_sums": upsert["_rapport_connection_sums"]})
-    # The stored meetings still ahead that stay, and with the delta's: the next state.
-    upcoming = removed.drop_rows(previous.upcoming.filter(pl.col("at") > utc_instant(as_of)))
+    # The meetings still ahead: the stored ones that stay, and the delta's. The next
+    # state, and where each touched key's next meeting is found (updated, below).
+    upcoming = pl.concat(
+        [
+            removed.drop_rows(previous.upcoming.filter(pl.col("at") > utc_instant(as_of))),
+            upcoming_meetings(delta_interactions, as_of),
+        ]
+    )
     upsert["_rapport_upcoming_meetings"] = changed_rows(
-        pl.concat([upcoming, upcoming_meetings(delta_interactions, as_of)]),
-        previous.upcoming,
-        INTERACTION_KEY,
+        upcoming, previous.upcoming, INTERACTION_KEY
     )
     sink.upsert({"_rapport_upcoming_meetings": upsert["_rapport_upcoming_meetings"]})
     sink.checkpoint()  # only the activity rows are still to come
@@ -1172,14 +1173,7 @@ def _build_delta(
                 of_pairs(delta_interactions, True, False),
             ]
         )
-        future = pl.concat(
-            [
-                upcoming.join(touched, on=key, how="semi").select(key, "at"),
-                delta_interactions.filter(
-                    (pl.col("kind") == "meeting") & (pl.col("at") > utc_instant(as_of))
-                ).select(key, "at"),
-            ]
-        )
+        future = upcoming.join(touched, on=key, how="semi").select(key, "at")
         prev_activity = previous.activity[key].join(touched, on=key, how="semi")
         rows = activity_update(
             key,
