@@ -715,17 +715,18 @@ def _stage_delta(
     # read-only, answers the build's questions.
     tmp = building_path(home.warehouse, run_id)  # (clears a crashed run's leftovers first)
     writer = DeltaWriter(home.warehouse, tmp)
-    live = live_opening.result() if live_opening is not None else open_live(home.warehouse)
-    previous = None
+    live = previous = None
     try:
+        # The lake's files are listed while the live file opens (the run waits for it).
+        current = lake_files(home.lake, frames)
+        ids = {f: lake_file_id(home.lake, f) for files in current.values() for f in files}
+        live = live_opening.result() if live_opening is not None else open_live(home.warehouse)
         state = read_state(live)
         if state is None:
             raise Fallback("the warehouse holds no build state")
         previous, seen = state
         if previous.fingerprint != fp:
             raise Fallback("settings, accounts or blocklist changed")
-        current = lake_files(home.lake, frames)
-        ids = {f: lake_file_id(home.lake, f) for files in current.values() for f in files}
         if not seen <= set(ids.values()):
             raise Fallback("lake files were rewritten (compaction or purge)")
         new = {t: [f for f in files if ids[f] not in seen] for t, files in current.items()}
@@ -747,7 +748,10 @@ def _stage_delta(
         reason = f"incremental build failed ({type(exc).__name__}: {exc})"
     if previous is not None:
         previous.settle()  # its tables are read from `live` in a thread
-    live.close()
+    if live is None and live_opening is not None and live_opening.exception() is None:
+        live = live_opening.result()  # (the run stopped before it waited for the file)
+    if live is not None:
+        live.close()
     writer.discard()
     return reason
 

@@ -692,6 +692,36 @@ def test_an_error_in_the_incremental_path_falls_back_to_a_full_build(tmp_path, m
     assert_equals_full_rebuild(home, AS_OF)
 
 
+@pytest.mark.parametrize(
+    ("dropped", "reason"),
+    [
+        ("_rapport_build", "the warehouse holds no build state"),
+        (
+            "_rapport_last_used",
+            "incremental build failed (CatalogException: Catalog Error: Table with name"
+            " _rapport_last_used does not exist!",
+        ),
+    ],
+    ids=["no-build-row", "a-state-table-missing"],
+)
+def test_a_warehouse_without_its_build_state_is_rebuilt_in_full(tmp_path, dropped, reason):
+    """The state's tables are not listed before they are read: a warehouse from before
+    the build state, or one missing a state table, still ends in a full build."""
+    import duckdb
+
+    box, home = sandbox_home(tmp_path)
+    box.land(ALICE, HISTORY)
+    publish(home, AS_OF)
+    with duckdb.connect(str(home.warehouse)) as con:
+        con.execute(f"DROP TABLE {dropped}")
+    box.land(ALICE, [Mail("d1", "ann@globex.com", [ALICE], at="2026-06-01T12:00:00")])
+    out = publish(home, AS_OF)
+    assert out.mode == "full"
+    assert out.fallback_reason.startswith(reason), out.fallback_reason
+    assert not list(home.root.glob(".*.building*"))
+    assert_equals_full_rebuild(home, AS_OF)
+
+
 def test_a_later_run_without_new_mail_writes_no_record_rows(tmp_path):
     """What an incremental run writes follows the delta: with no new mail and no stored
     interaction crossing a window edge, no person, company, sum or activity row is
