@@ -516,6 +516,8 @@ def sharing_merge_keys(
     by none but `ids` (every earlier person's domains have their companies), and a link
     is each person's own, from their addresses and last use (which changes only for
     addresses of the delta, whose people are among `ids`)."""
+    if ids.is_empty():  # (a run with no new evidence: most of a quiet day's)
+        return ids
     keys = merge_keys(people, domain_info).select("person_id", "name_key", "registrable_domain")
     of_ids = keys.filter(pl.col("person_id").is_in(ids.implode())).drop("person_id")
     sharing = keys.join(of_ids.unique(), on=["name_key", "registrable_domain"], how="semi")

@@ -573,23 +573,21 @@ def touched_people(
     previous: pl.DataFrame,
     evidence_keys: pl.Series,
     known_keys: pl.DataFrame | None,
-    always: pl.Series,
     key_map: pl.DataFrame | None = None,
 ) -> Touched:
     """The previous people whose record new evidence (canonical keys) can change.
 
     build_people gives every other previous person the row they already have, so an
-    incremental run rebuilds just these. `always`: ids rebuilt regardless (survivors of
-    merges, whose record build_people redoes from all their addresses). `key_map`: the
-    previous people's key map when kept (else it is worked out from their addresses).
+    incremental run rebuilds just these. Survivors of merges are no exception: each was
+    settled from all its addresses in the run that merged it (settle_survivors), so
+    without new evidence its row is already what build_people makes of it. `key_map`:
+    the previous people's key map when kept (else worked out from their addresses).
     """
     if key_map is None:
         key_map = _previous_key_map(previous, known_keys)
-    ids = (
-        key_map.filter(pl.col("canonical_key").is_in(evidence_keys.implode()))["person_id"]
-        .append(always.cast(pl.String))
-        .unique()
-    )
+    ids = key_map.filter(pl.col("canonical_key").is_in(evidence_keys.implode()))[
+        "person_id"
+    ].unique()
     keys = key_map.filter(pl.col("person_id").is_in(ids.implode()))["canonical_key"]
     return Touched(ids, keys.append(evidence_keys).unique(), key_map)
 

@@ -142,6 +142,14 @@ def test_a_new_record_that_duplicates_an_existing_one_folds_into_it(tmp_path):
     assert merges.height == 1
     assert_equals_full_rebuild(home, AS_OF)
 
+    # A later run without evidence for Ann leaves her record (settled when merged) alone:
+    # only Cat's is rebuilt, and the warehouse still equals a full build.
+    box.land(ALICE, [Mail("d4", "cat@initech.co.uk", [ALICE], at="2026-05-31T10:00:00")])
+    later = publish(home, AS_OF)
+    assert later.mode == "incremental", later.fallback_reason
+    assert later.stats["people_refinished"] == 1
+    assert_equals_full_rebuild(home, AS_OF)
+
 
 def drop_content_hashes(lake_dir: Path) -> int:
     """Rewrite the lake's mail and event files without their content hash, as files
