@@ -714,7 +714,8 @@ def _stage_delta(
     # writes the run into the copy as the build hands rows over; meanwhile the live file,
     # read-only, answers the build's questions.
     tmp = building_path(home.warehouse, run_id)  # (clears a crashed run's leftovers first)
-    writer = DeltaWriter(home.warehouse, tmp)
+    # (the tables the run replaces whole: `whole` below, and the run log at the end)
+    writer = DeltaWriter(home.warehouse, tmp, rewritten=[*(whole or {}), "sync_runs"])
     live = previous = None
     try:
         # The lake's files are listed while the live file opens (the run waits for it).

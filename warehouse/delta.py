@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
@@ -284,8 +284,11 @@ class DeltaWriter(BuildingFile):
     runs.
     """
 
-    def __init__(self, warehouse: Path, tmp: Path) -> None:
+    def __init__(self, warehouse: Path, tmp: Path, rewritten: Collection[str] = ()) -> None:
+        """`rewritten`: the tables this run replaces whole (`replace`), whose steps the
+        standby's replay skips (standby.replay)."""
         super().__init__(warehouse, tmp, "delta-writer")
+        self.rewritten = frozenset(rewritten)
         self.error: BaseException | None = None
         self.journal: Journal | None = None
         self.source = ""  # "standby" or "copy": where the run's file came from
@@ -299,7 +302,7 @@ class DeltaWriter(BuildingFile):
             try:
                 self.con = open_copy(self.tmp)
                 self.con.execute("BEGIN")
-                replay(self.con, journal)
+                replay(self.con, journal, self.rewritten)
                 self.source = "standby"
             except Exception as exc:  # e.g. an analyst holds it open: DuckDB's lock
                 log.warning("standby not used, copying the live file: %s", exc)
