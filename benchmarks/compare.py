@@ -9,7 +9,8 @@ The bench's ratios move by +-10% between runs of the same code on a noisy 2-core
 - BASE (any git revision) is checked out in a temporary worktree; the other side is
   this working tree, uncommitted edits included.
 - One lake is generated and landed once, by this tree's code, and a 1,000-message delta
-  is landed beside it (`--incremental`).
+  is landed beside it (`--incremental`), with the 1,000 other messages of the sync each
+  side publishes before it (the bench's steady stream of syncs: run.previous_sync).
 - Each sample is a fresh process that imports one side's code (its root first on
   `sys.path`; the sample reports the file it imported, and a sample that imported the
   other side's code is an error), copies the lake and runs `build_and_publish`, the
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+PREVIOUS_DELTA = "previous-delta"  # the lake files of the sync before the measured one
 
 # One sample: runs in a fresh interpreter whose sys.path starts at the side's root, so it
 # uses only build_and_publish and Home, which every revision the tool compares has.
@@ -139,20 +141,25 @@ def prepare(size: int, workdir: Path, seed: int, incremental: bool) -> dict[str,
     counts = land_workspace(ws, home.lake, accounts, now=end)
     out: dict[str, Any] = {"rows": counts, "as_of": as_of.isoformat()}
     if incremental:
-        # Land the delta into a copy, then keep just the files it added.
-        landed = workdir / "landed-delta"
-        shutil.copytree(home.root, landed)
-        delta = generate_delta(ws, DELTA_MESSAGES, seed=seed + 1, start=end, end=delta_end)
-        out["delta_rows"] = land_workspace(
-            delta, landed / "lake", accounts, now=end + timedelta(days=2)
-        )
-        before = {p.relative_to(home.lake) for p in home.lake.rglob("*") if p.is_file()}
-        for path in sorted((landed / "lake").rglob("*")):
-            rel = path.relative_to(landed / "lake")
-            if path.is_file() and rel not in before:
-                (workdir / "delta" / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, workdir / "delta" / rel)
-        shutil.rmtree(landed)
+
+        def delta_files(seed: int, folder: str, now: datetime) -> dict[str, int]:
+            """Land a delta into a copy, then keep just the files it added."""
+            landed = workdir / "landed-delta"
+            shutil.copytree(home.root, landed)
+            delta = generate_delta(ws, DELTA_MESSAGES, seed=seed, start=end, end=delta_end)
+            rows = land_workspace(delta, landed / "lake", accounts, now=now)
+            before = {p.relative_to(home.lake) for p in home.lake.rglob("*") if p.is_file()}
+            for path in sorted((landed / "lake").rglob("*")):
+                rel = path.relative_to(landed / "lake")
+                if path.is_file() and rel not in before:
+                    (workdir / folder / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(path, workdir / folder / rel)
+            shutil.rmtree(landed)
+            return rows
+
+        out["delta_rows"] = delta_files(seed + 1, "delta", end + timedelta(days=2))
+        # The sync before the measured one, as the bench has it (run.previous_sync).
+        out["previous_rows"] = delta_files(seed + 2, PREVIOUS_DELTA, end + timedelta(days=1))
         out["incremental_as_of"] = (as_of + INCREMENTAL_CLOCK_STEP).isoformat()
     return out
 
@@ -275,16 +282,19 @@ def measure(
 
 
 def publish_each(roots: dict[str, Path], workdir: Path, as_of: str) -> Path:
-    """A published home per side, for incremental samples: its own code's full build,
-    then a sync with nothing new, so each sample starts from the state syncs leave (with
-    a standby, warehouse/standby.py, where the side's code keeps one)."""
-    out, full = workdir / "published", workdir / "published-full"
+    """A published home per side, for incremental samples: its own code's full build, a
+    sync with nothing new, then one with 1,000 other new messages, so each sample starts
+    from the state a steady stream of syncs leaves (with a standby, warehouse/standby.py,
+    where the side's code keeps one, whose journal is a 1,000-message run's)."""
+    out, full, quiet = workdir / "published", workdir / "published-full", workdir / "quiet"
     nothing = workdir / "no-delta"
     nothing.mkdir(exist_ok=True)
     for side, root in roots.items():
         sample(root, workdir / "home", full / side, as_of, False, nothing, keep=True)
-        sample(root, full / side, out / side, as_of, True, nothing, keep=True)
+        sample(root, full / side, quiet / side, as_of, True, nothing, keep=True)
+        sample(root, quiet / side, out / side, as_of, True, workdir / PREVIOUS_DELTA, keep=True)
         shutil.rmtree(full / side, ignore_errors=True)
+        shutil.rmtree(quiet / side, ignore_errors=True)
     return out
 
 
@@ -370,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.incremental:
             print(
                 "incremental (1,000 new messages): each side publishes its own home first,"
-                " then syncs once with nothing new"
+                " then syncs once with nothing new and once with 1,000 other new messages"
             )
             published = publish_each(roots, workdir, prep["as_of"])
             compare("incremental", published, prep["incremental_as_of"], True)
