@@ -705,7 +705,7 @@ def _stage_delta(
         if live_opening is not None:
             live_opening.result().close()
         return reason
-    from transforms.incremental import Fallback, build_delta
+    from transforms.incremental import METRIC_TABLES, Fallback, build_delta
     from transforms.pipeline import lake_file_id, lake_files
     from warehouse.delta import DeltaWriter, DuckLookup, open_live, read_state
     from warehouse.publish import building_path
@@ -715,7 +715,9 @@ def _stage_delta(
     # read-only, answers the build's questions.
     tmp = building_path(home.warehouse, run_id)  # (clears a crashed run's leftovers first)
     # (the tables the run replaces whole: `whole` below, and the run log at the end)
-    writer = DeltaWriter(home.warehouse, tmp, rewritten=[*(whole or {}), "sync_runs"])
+    writer = DeltaWriter(
+        home.warehouse, tmp, rewritten=[*(whole or {}), "sync_runs"], late=METRIC_TABLES
+    )
     live = previous = None
     try:
         # The lake's files are listed while the live file opens (the run waits for it).

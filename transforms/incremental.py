@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -94,6 +94,10 @@ STATE_VERSION = "9"
 # Windows of the metrics (days): time moving past their edges changes a person's row.
 WINDOW_DAYS = (0, 30, 90, 365)
 INTERACTION_KEY = ["member_id", "person_id", "source_key"]
+# The tables a run writes last, after its checkpoint (person, company).
+ACTIVITY_TABLES = ("_rapport_person_activity", "_rapport_company_activity")
+# The state tables a run writes in its metrics step, the last before the gate.
+METRIC_TABLES = ("_rapport_connection_sums", "_rapport_upcoming_meetings", *ACTIVITY_TABLES)
 
 
 class Fallback(Exception):
@@ -172,8 +176,9 @@ class RowSink(Protocol):
     def upsert(self, upserts: dict[str, Upsert]) -> None:
         """Rows to write over tables by key."""
 
-    def checkpoint(self) -> None:
-        """The bulk of the run is handed over: write it out now, while the build ends."""
+    def checkpoint(self, later: Collection[str] = ()) -> None:
+        """The bulk of the run is handed over: write it out now, while the build ends.
+        `later`: the tables still to come."""
 
 
 class Lookup(Protocol):
@@ -1129,7 +1134,7 @@ def _build_delta(
         upcoming, previous.upcoming, INTERACTION_KEY
     )
     sink.upsert({"_rapport_upcoming_meetings": upsert["_rapport_upcoming_meetings"]})
-    sink.checkpoint()  # only the activity rows are still to come
+    sink.checkpoint(later=ACTIVITY_TABLES)  # only the activity rows are still to come
     members = frames.members
     new_companies = companies.join(previous.companies, on="company_id", how="anti")
 
@@ -1199,13 +1204,10 @@ def _build_delta(
     company_rows = updated("company_id", new_companies["company_id"], companies)
     lap("metrics")
 
+    person_table, company_table = ACTIVITY_TABLES
     activity = {
-        "_rapport_person_activity": Upsert.over(
-            ["person_id"], person_rows, previous.activity["person_id"]
-        ),
-        "_rapport_company_activity": Upsert.over(
-            ["company_id"], company_rows, previous.activity["company_id"]
-        ),
+        person_table: Upsert.over(["person_id"], person_rows, previous.activity["person_id"]),
+        company_table: Upsert.over(["company_id"], company_rows, previous.activity["company_id"]),
     }
     upsert |= activity
     sink.upsert(activity)

@@ -37,8 +37,9 @@ from warehouse.publish import (
 )
 from warehouse.standby import (
     Journal,
+    apply_steps,
     journal_path,
-    replay,
+    read_journal,
     swap_keeping_standby,
     take_standby,
 )
@@ -277,21 +278,32 @@ class DeltaWriter(BuildingFile):
     The thread first takes the standby and replays the last run's journal into it, or
     else copies the live file (a page-cache copy, off the GIL), and opens the file in one
     transaction; then it runs the writes in the order they are handed over, keeping each
-    in this run's journal (the next run's standby is brought up to date from it).
+    in this run's journal (the next run's standby is brought up to date from it). The
+    journal's deletes on tables this run also deletes from early on are folded into
+    this run's (`_replay_before`): one scan of the table's keys instead of two.
     The build hands over rows as soon as they are final, so writing overlaps with the
     rest of the build and with the gate. `finish` commits, checkpoints and swaps the copy
     in; `discard` drops it. A failed write is raised by `finish`, and nothing after it
     runs.
     """
 
-    def __init__(self, warehouse: Path, tmp: Path, rewritten: Collection[str] = ()) -> None:
+    def __init__(
+        self,
+        warehouse: Path,
+        tmp: Path,
+        rewritten: Collection[str] = (),
+        late: Collection[str] = (),
+    ) -> None:
         """`rewritten`: the tables this run replaces whole (`replace`), whose steps the
-        standby's replay skips (standby.replay)."""
+        standby's replay skips (standby.replay). `late`: the tables it writes last."""
         super().__init__(warehouse, tmp, "delta-writer")
         self.rewritten = frozenset(rewritten)
+        self.late = frozenset(late)
         self.error: BaseException | None = None
         self.journal: Journal | None = None
         self.source = ""  # "standby" or "copy": where the run's file came from
+        # The standby's journal steps not applied yet, per table (see _replay_before).
+        self.pending: dict[str, list[tuple[str, pl.DataFrame | None]]] = {}
         self._pool.submit(self._run, self._open)
 
     def _open(self) -> None:
@@ -302,10 +314,17 @@ class DeltaWriter(BuildingFile):
             try:
                 self.con = open_copy(self.tmp)
                 self.con.execute("BEGIN")
-                replay(self.con, journal, self.rewritten)
+                for kind, table, frame in read_journal(journal, skip=self.rewritten):
+                    self.pending.setdefault(table, []).append((kind, frame))
+                # Replayed now, while the build has nothing to write yet: every table but
+                # those whose delete can fold into one this run makes before its `late`
+                # tables (folded, the late tables' replay fell after the gate: 1M, 19
+                # alternating pairs, +20 ms; this way -4 and -15 ms, 23 of 38 faster).
+                self._replay_rest(later=self._foldable_early())
                 self.source = "standby"
             except Exception as exc:  # e.g. an analyst holds it open: DuckDB's lock
                 log.warning("standby not used, copying the live file: %s", exc)
+                self.pending.clear()
                 self._close()
                 self.con = None
                 discard_file(self.tmp)
@@ -334,9 +353,57 @@ class DeltaWriter(BuildingFile):
         """Tables written whole: their rows replace every row."""
         self._submit(lambda: self._replace(tables))
 
+    def _replay_before(self, table: str, keys: pl.DataFrame | None = None) -> bool:
+        """Apply the standby's journal steps on `table` (the last run's writes) before this
+        run writes to it. Given `keys`, this run's delete on it, the last run's delete
+        folds into it (returns True: `keys` are deleted here): deleting A's keys, adding
+        A's rows, then deleting B's leaves what deleting A's and B's keys at once, then
+        adding A's rows without B's keys, does. A delete scans the table's key column
+        (6-11 ms each at 1M), and most tables get one from each run."""
+        steps = self.pending.pop(table, None)
+        if not steps:
+            return False
+        assert self.con is not None
+        kinds = [kind for kind, _ in steps]
+        gone = [f for kind, f in steps if kind == "delete" and f is not None]
+        rows = [f for kind, f in steps if kind == "insert" and f is not None]
+        cols = None if keys is None else set(keys.columns)
+        if (
+            cols
+            and kinds in (["delete", "insert"], ["delete"], ["insert"])
+            and all(set(f.columns) == cols for f in gone)
+            and all(cols <= set(f.columns) for f in rows)
+            # (the same key types, so the rows compare as the deletes would match them)
+            and all(f.schema[c] == keys.schema[c] for f in [*gone, *rows] for c in cols)
+        ):
+            assert keys is not None
+            both = pl.concat(
+                [f.select(keys.columns) for f in [*gone, keys]], how="vertical_relaxed"
+            )
+            delete_keys(self.con, table, both)
+            for frame in rows:
+                kept = frame.join(keys, on=keys.columns, how="anti", nulls_equal=True)
+                insert_frame(self.con, table, kept)
+            return True
+        apply_steps(self.con, [(kind, table, frame) for kind, frame in steps])
+        return False
+
+    def _foldable_early(self) -> list[str]:
+        """The pending tables whose steps start with a delete, but for the `late` ones."""
+        return [
+            t for t, steps in self.pending.items() if t not in self.late and steps[0][0] == "delete"
+        ]
+
+    def _replay_rest(self, later: Collection[str] = ()) -> None:
+        """Apply the journal steps of every table not in `later` (none of this run's
+        writes left to fold them into)."""
+        for table in [t for t in self.pending if t not in later]:
+            self._replay_before(table)
+
     def _replace(self, tables: dict[str, pl.DataFrame]) -> None:
         assert self.con is not None
         for name, frame in tables.items():
+            self.pending.pop(name, None)  # (replaced whole: the last run's rows go anyway)
             self.con.execute(f'DELETE FROM "{name}"')
             self._record("clear", name)
             insert_frame(self.con, name, frame)
@@ -349,9 +416,11 @@ class DeltaWriter(BuildingFile):
     def _append(self, tables: dict[str, pl.DataFrame], deletes: dict[str, pl.DataFrame]) -> None:
         assert self.con is not None
         for name, keys in deletes.items():
-            delete_keys(self.con, name, keys)
+            if not self._replay_before(name, keys):
+                delete_keys(self.con, name, keys)
             self._record("delete", name, keys)
         for name, frame in tables.items():
+            self._replay_before(name)
             insert_frame(self.con, name, frame)
             self._record("insert", name, frame)
 
@@ -363,19 +432,22 @@ class DeltaWriter(BuildingFile):
         assert self.con is not None
         for name, upsert in upserts.items():
             keys = upsert.delete_keys()
-            delete_keys(self.con, name, keys)
+            if not self._replay_before(name, keys):
+                delete_keys(self.con, name, keys)
             self._record("delete", name, keys)
             insert_frame(self.con, name, upsert.rows)
             self._record("insert", name, upsert.rows)
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, later: Collection[str] = ()) -> None:
         """Commit and checkpoint what was handed over so far (compressing the appended
         rows is most of a checkpoint), then go on in a new transaction. The copy is
-        private until `finish` swaps it in, so several transactions are as atomic as one."""
-        self._submit(self._checkpoint)
+        private until `finish` swaps it in, so several transactions are as atomic as one.
+        `later`: the tables the run still writes, whose journal steps wait to fold."""
+        self._submit(lambda: self._checkpoint(later))
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, later: Collection[str] = ()) -> None:
         assert self.con is not None
+        self._replay_rest(later)
         self.con.execute("COMMIT")
         self.con.execute("CHECKPOINT")
         self.con.execute("BEGIN")
@@ -385,6 +457,10 @@ class DeltaWriter(BuildingFile):
         self._submit(lambda: None).result()
         if self.error is not None:
             raise self.error
+
+    def _commit_and_close(self) -> None:
+        self._replay_rest()
+        super()._commit_and_close()
 
     def finish(self) -> None:
         """Commit, checkpoint and swap the copy in (after every write handed over)."""

@@ -154,10 +154,18 @@ def replay(con: duckdb.DuckDBPyConnection, journal: Path, rewritten: Collection[
     its file can go live (a run that stops first is discarded), so their replayed rows
     would be deleted unread. (The small tables every run rewrites: 10 of a 1,000-new-
     message run's 33 steps.)"""
+    steps = read_journal(journal, skip=rewritten)
+    apply_steps(con, steps)
+    return len(steps)
+
+
+def apply_steps(
+    con: duckdb.DuckDBPyConnection, steps: list[tuple[str, str, pl.DataFrame | None]]
+) -> None:
+    """Apply journal steps (kind, table, frame) in order."""
     from warehouse.delta import delete_keys
     from warehouse.publish import insert_frame
 
-    steps = read_journal(journal, skip=rewritten)
     for kind, table, frame in steps:
         if kind == "clear":
             con.execute(f'DELETE FROM "{table}"')  # (our own table names)
@@ -167,7 +175,6 @@ def replay(con: duckdb.DuckDBPyConnection, journal: Path, rewritten: Collection[
             insert_frame(con, table, frame)
         else:
             raise StandbyUnusable(f"unknown journal step {kind!r}")
-    return len(steps)
 
 
 # A journal larger than this share of the warehouse file is not kept: replaying it

@@ -242,3 +242,49 @@ def test_a_file_too_small_to_be_worth_a_standby_is_copied_each_run(tmp_path, mon
     assert first.stats["published_from_standby"] == second.stats["published_from_standby"] == 0
     assert not standby_path(home.warehouse).exists()
     assert _journals(home) == []
+
+
+def test_the_last_runs_writes_fold_into_this_runs_and_leave_what_replaying_them_first_does(
+    tmp_path,
+):
+    """A table both runs write: the last run's delete and this run's happen as one, its
+    rows minus this run's keys go in, then this run's rows. A table only the last run
+    wrote is replayed as it was before the commit."""
+    import polars as pl
+
+    from transforms.incremental import Upsert
+    from warehouse.delta import DeltaWriter
+
+    warehouse = tmp_path / "w.duckdb"
+    with duckdb.connect(str(warehouse)) as con:
+        con.execute("CREATE TABLE t (k VARCHAR, v INTEGER)")
+        con.execute("INSERT INTO t VALUES ('a', 1), ('b', 2), ('c', 3)")
+        con.execute("CREATE TABLE u (k VARCHAR)")
+        con.execute("INSERT INTO u VALUES ('x'), ('y')")
+    writer = DeltaWriter(warehouse, tmp_path / ".w.duckdb.run.building")
+    last_run = {  # (as a standby's journal would hold them)
+        "t": [
+            ("delete", pl.DataFrame({"k": ["a", "b"]})),
+            ("insert", pl.DataFrame({"k": ["a", "b", "d"], "v": [10, 20, 40]})),
+        ],
+        "u": [("delete", pl.DataFrame({"k": ["x"]})), ("insert", pl.DataFrame({"k": ["z"]}))],
+    }
+    writer._submit(lambda: writer.pending.update(last_run))
+    writer.upsert(
+        {
+            "t": Upsert(
+                ["k"],
+                pl.DataFrame({"k": ["b", "e"], "v": [200, 5]}),
+                stored=pl.DataFrame({"k": ["b"]}),
+                gone=pl.DataFrame({"k": ["d"]}),
+            )
+        }
+    )
+    writer.finish()
+    assert writer.pending == {}
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        t = sorted(con.execute("SELECT k, v FROM t").fetchall())
+        u = sorted(r[0] for r in con.execute("SELECT k FROM u").fetchall())
+    # replayed first: {c3, a10, b20, d40}; then b and d deleted, b200 and e5 added
+    assert t == [("a", 10), ("b", 200), ("c", 3), ("e", 5)]
+    assert u == ["y", "z"]
