@@ -294,8 +294,9 @@ class DeltaWriter(BuildingFile):
         rewritten: Collection[str] = (),
         late: Collection[str] = (),
     ) -> None:
-        """`rewritten`: the tables this run replaces whole (`replace`), whose steps the
-        standby's replay skips (standby.replay). `late`: the tables it writes last."""
+        """`rewritten`: the tables this run replaces whole (`replace`), whose journal
+        steps are not replayed (as standby.replay skips them). `late`: the tables it
+        writes last, whose steps are replayed at open rather than folded."""
         super().__init__(warehouse, tmp, "delta-writer")
         self.rewritten = frozenset(rewritten)
         self.late = frozenset(late)
