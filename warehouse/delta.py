@@ -295,8 +295,10 @@ class DeltaWriter(BuildingFile):
         late: Collection[str] = (),
     ) -> None:
         """`rewritten`: the tables this run replaces whole (`replace`), whose journal
-        steps are not replayed (as standby.replay skips them). `late`: the tables it
-        writes last, whose steps are replayed at open rather than folded."""
+        steps are not replayed: the run rewrites them before its file can go live (a run
+        that stops first is discarded), so their replayed rows would be deleted unread
+        (10 of a 1,000-new-message run's 33 steps). `late`: the tables it writes last,
+        whose steps are replayed at open rather than folded."""
         super().__init__(warehouse, tmp, "delta-writer")
         self.rewritten = frozenset(rewritten)
         self.late = frozenset(late)

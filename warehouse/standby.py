@@ -147,14 +147,11 @@ def take_standby(warehouse: Path, tmp: Path) -> Path | None:
     return journal
 
 
-def replay(con: duckdb.DuckDBPyConnection, journal: Path, rewritten: Collection[str] = ()) -> int:
-    """Apply a journal's steps to the connection's file. Returns the steps applied.
-
-    Steps on `rewritten` tables are skipped: the run replaces those tables whole before
-    its file can go live (a run that stops first is discarded), so their replayed rows
-    would be deleted unread. (The small tables every run rewrites: 10 of a 1,000-new-
-    message run's 33 steps.)"""
-    steps = read_journal(journal, skip=rewritten)
+def replay(con: duckdb.DuckDBPyConnection, journal: Path) -> int:
+    """Apply every step of a journal to the connection's file: the standby then holds
+    the live file's rows. Returns the steps applied. (The writer applies them itself,
+    skipping and folding some: DeltaWriter.)"""
+    steps = read_journal(journal)
     apply_steps(con, steps)
     return len(steps)
 
