@@ -50,11 +50,15 @@ def _line(path: str, line: int) -> str:
     return lines[line - 1] if 0 < line <= len(lines) else ""
 
 
+_PARSING = threading.Lock()
+
+
 @functools.cache
 def _statements(path: str) -> list[tuple[int, int]]:
     """(first line, last line) of every statement in a source file."""
     try:
-        tree = ast.parse("".join(_source(path)))
+        with _PARSING:  # (CPython 3.11's parser is not safe in two threads at once)
+            tree = ast.parse("".join(_source(path)))
     except (OSError, SyntaxError, ValueError):
         return []
     return [

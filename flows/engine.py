@@ -709,6 +709,7 @@ def _stage_delta(
     from transforms.pipeline import lake_file_id, lake_files
     from warehouse.delta import DeltaWriter, DuckLookup, open_live, read_state
     from warehouse.publish import building_path
+    from warehouse.state import STATE_TABLES
 
     # The writer copies the live file in its thread (the kernel copies, off the GIL) and
     # writes the run into the copy as the build hands rows over; meanwhile the live file,
@@ -724,10 +725,14 @@ def _stage_delta(
         current = lake_files(home.lake, frames)
         ids = {f: lake_file_id(home.lake, f) for files in current.values() for f in files}
         live = live_opening.result() if live_opening is not None else open_live(home.warehouse)
-        state = read_state(live)
+        state = read_state(live, home.warehouse)
         if state is None:
             raise Fallback("the warehouse holds no build state")
         previous, seen = state
+        writer.state.start_from(
+            {t: previous.tables[t] for t in STATE_TABLES},  # (read at once: frames)
+            previous.state,
+        )
         if previous.fingerprint != fp:
             raise Fallback("settings, accounts or blocklist changed")
         if not seen <= set(ids.values()):

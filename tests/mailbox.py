@@ -369,7 +369,7 @@ SNAPSHOT_SKIP = {
     "accounts": ["last_synced_at", "connected_at"],
     # Build bookkeeping: which lake files (compaction renames them) and which path ran.
     "_rapport_lake_files": None,
-    "_rapport_build": ["mode"],
+    "_rapport_build": ["mode", "state"],  # (state: an id per run)
     # A cache of parsed display names: an incremental run keeps names no record uses
     # any more, a full build has only the names in use. No output depends on the extras.
     "_rapport_name_parts": None,
@@ -379,8 +379,11 @@ SNAPSHOT_SKIP = {
 
 
 def snapshot(warehouse: Path) -> dict[str, pl.DataFrame]:
-    """Every published table, sorted, minus run bookkeeping (times of the run itself)."""
+    """Every published table, sorted, minus run bookkeeping (times of the run itself);
+    with the state tables of the file's generation of state files."""
     import duckdb
+
+    from warehouse.state import read_generation
 
     con = duckdb.connect(str(warehouse), read_only=True)
     try:
@@ -390,11 +393,13 @@ def snapshot(warehouse: Path) -> dict[str, pl.DataFrame]:
                 "SELECT table_name FROM information_schema.tables ORDER BY 1"
             ).fetchall()
         ]
+        [(generation,)] = con.execute("SELECT state FROM _rapport_build").fetchall()
+        tables = {name: con.sql(f'SELECT * FROM "{name}"').pl() for name in names}
+        tables |= read_generation(warehouse, generation)
         out = {}
-        for name in names:
+        for name, df in sorted(tables.items()):
             if name in SNAPSHOT_SKIP and SNAPSHOT_SKIP[name] is None:
                 continue
-            df = con.sql(f'SELECT * FROM "{name}"').pl()
             df = df.drop([c for c in SNAPSHOT_SKIP.get(name) or [] if c in df.columns])
             # Recipient lists carry no order (see transforms.pipeline.messages_table).
             df = df.with_columns(

@@ -90,7 +90,7 @@ from transforms.records import (
 from transforms.rules import split_blocked, with_direction
 
 # Bump when the meaning of the kept state changes: older warehouses then rebuild in full.
-STATE_VERSION = "9"
+STATE_VERSION = "10"
 # Windows of the metrics (days): time moving past their edges changes a person's row.
 WINDOW_DAYS = (0, 30, 90, 365)
 INTERACTION_KEY = ["member_id", "person_id", "source_key"]
@@ -116,6 +116,7 @@ class Previous:
     fingerprint: str
     published_messages: int
     tables: dict[str, pl.DataFrame | Future[pl.DataFrame]]
+    state: str = ""  # the generation of state files it was read from (warehouse/state.py)
 
     def _table(self, name: str) -> pl.DataFrame:
         table = self.tables[name]

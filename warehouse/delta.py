@@ -43,6 +43,7 @@ from warehouse.standby import (
     swap_keeping_standby,
     take_standby,
 )
+from warehouse.state import STATE_TABLES, StateUnreadable, read_generation
 
 log = logging.getLogger(__name__)
 
@@ -94,30 +95,39 @@ def open_copy(tmp: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def read_state(con: duckdb.DuckDBPyConnection) -> tuple[Previous, set[str]] | None:
-    """The last run's state and the lake files it read, or None (an older warehouse).
+def read_state(con: duckdb.DuckDBPyConnection, warehouse: Path) -> tuple[Previous, set[str]] | None:
+    """The last run's state and the lake files it read, or None (an older warehouse, or
+    its state files gone).
 
-    The state's tables are read in a thread (DuckDB and the Arrow handover release the
-    GIL): the build reads the delta meanwhile.
+    The state files (warehouse/state.py) are memory-mapped at once; the tables analysts
+    query too are read from the file in a thread (DuckDB and the Arrow handover release
+    the GIL): the build reads the delta meanwhile.
     """
     # No listing of the tables first: duckdb_tables() loads every table's metadata (9-14
     # ms at 1M, on the run's path). A build row whose fingerprint matches names this
     # STATE_VERSION, whose full build wrote every state table; a table missing anyway
     # fails its read, and the run builds in full.
     try:
-        build = con.execute("SELECT as_of, fingerprint FROM _rapport_build").fetchall()
-    except duckdb.CatalogException:  # a warehouse from before the build state
+        build = con.execute("SELECT as_of, fingerprint, state FROM _rapport_build").fetchall()
+    except (duckdb.CatalogException, duckdb.BinderException):  # from before this state
         return None
     if len(build) != 1:
         return None
-    files = {r[0] for r in con.execute("SELECT path FROM _rapport_lake_files").fetchall()}
+    as_of, fp, generation = build[0]
+    try:
+        state = read_generation(warehouse, generation)
+    except StateUnreadable as exc:
+        log.warning("%s", exc)
+        return None
+    files = set(state["_rapport_lake_files"]["path"].to_list())
     published = con.execute("SELECT count(*) FROM messages").fetchall()[0][0]
 
-    loading: dict[str, Future[pl.DataFrame]] = {name: Future() for name in PREVIOUS_TABLES}
+    in_file = [name for name in PREVIOUS_TABLES if name not in state]
+    loading: dict[str, Future[pl.DataFrame]] = {name: Future() for name in in_file}
 
     def read_tables(cur: duckdb.DuckDBPyConnection) -> None:
         try:  # one at a time, in the order the build needs them; our own table names
-            for name in PREVIOUS_TABLES:
+            for name in in_file:
                 try:
                     loading[name].set_result(_utc(cur.sql(f'SELECT * FROM "{name}"').pl()))
                 except BaseException as exc:
@@ -131,8 +141,8 @@ def read_state(con: duckdb.DuckDBPyConnection) -> tuple[Previous, set[str]] | No
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-state")
     reader.submit(read_tables, con.cursor())
     reader.shutdown(wait=False)
-    as_of, fp = build[0]
-    return Previous(as_of, fp, published, dict(loading)), files
+    tables: dict[str, pl.DataFrame | Future[pl.DataFrame]] = {**state, **loading}
+    return Previous(as_of, fp, published, tables, generation), files
 
 
 # The few interactions matching `where`: their row ids first, from the filter columns
@@ -354,6 +364,7 @@ class DeltaWriter(BuildingFile):
 
     def replace(self, tables: dict[str, pl.DataFrame]) -> None:
         """Tables written whole: their rows replace every row."""
+        tables = self._to_file(tables)
         self._submit(lambda: self._replace(tables))
 
     def _replay_before(self, table: str, keys: pl.DataFrame | None = None) -> bool:
@@ -414,6 +425,15 @@ class DeltaWriter(BuildingFile):
 
     def append(self, tables: dict[str, pl.DataFrame], deletes: dict[str, pl.DataFrame]) -> None:
         """Rows added to tables, after deleting rows by key (`deletes`: the keys per table)."""
+        tables, deletes = dict(tables), dict(deletes)
+        for name in STATE_TABLES & (tables.keys() | deletes.keys()):
+            gone = deletes.pop(name, None)
+            rows = tables.pop(name, None)
+            self.state.upsert(
+                name,
+                gone if gone is not None else pl.DataFrame(),
+                rows if rows is not None else pl.DataFrame(),
+            )
         self._submit(lambda: self._append(tables, deletes))
 
     def _append(self, tables: dict[str, pl.DataFrame], deletes: dict[str, pl.DataFrame]) -> None:
@@ -429,6 +449,10 @@ class DeltaWriter(BuildingFile):
 
     def upsert(self, upserts: dict[str, Upsert]) -> None:
         """Rows written over tables by key."""
+        upserts = dict(upserts)
+        for name in STATE_TABLES & upserts.keys():
+            upsert = upserts.pop(name)
+            self.state.upsert(name, upsert.delete_keys(), upsert.rows)
         self._submit(lambda: self._upsert(upserts))
 
     def _upsert(self, upserts: dict[str, Upsert]) -> None:
@@ -469,9 +493,11 @@ class DeltaWriter(BuildingFile):
         """Commit, checkpoint and swap the copy in (after every write handed over)."""
         self._submit(self._commit_and_close)
         self.wait()
+        self.state.finish()
         assert self.journal is not None
         swap_keeping_standby(self.tmp, self.warehouse, self.journal)
         self._pool.shutdown()
+        self.state.published()
 
     def discard(self) -> None:
         super().discard()  # (waits for the thread: the journal is made by then)

@@ -26,6 +26,7 @@ import polars as pl
 
 from connectors.lake import fsync_dir, fsync_path
 from warehouse.standby import drop_standby
+from warehouse.state import STATE_TABLES, StateWriter
 
 
 def sql_text(name: str) -> str:
@@ -131,6 +132,19 @@ class BuildingFile:
         self.warehouse, self.tmp = warehouse, tmp
         self.con: duckdb.DuckDBPyConnection | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+        # The state tables go to files of their own (warehouse/state.py).
+        self.state = StateWriter(warehouse)
+
+    def _to_file(self, tables: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+        """The tables that go into the DuckDB file (the build row naming the run's
+        state); the state tables are handed to the state's writer."""
+        out = {}
+        for name, frame in tables.items():
+            if name in STATE_TABLES:
+                self.state.replace(name, frame)
+            else:
+                out[name] = self.state.stamp(frame) if name == "_rapport_build" else frame
+        return out
 
     def _commit_and_close(self) -> None:
         """(In the thread.) Commit, checkpoint and close: the file is ready to swap in."""
@@ -145,6 +159,7 @@ class BuildingFile:
         self._pool.submit(self._close).result()
         self._pool.shutdown()
         discard_file(self.tmp)
+        self.state.discard()
 
     def _close(self) -> None:
         if self.con is not None:
@@ -202,6 +217,7 @@ class FileWriter(BuildingFile):
         if again := self.added & tables.keys():
             raise ValueError(f"tables added twice: {sorted(again)}")
         self.added |= tables.keys()
+        tables = self._to_file(tables)
         side = {name: frame for name, frame in tables.items() if name not in BIG_TABLES}
         for name in (name for name in tables if name in BIG_TABLES):
             self._steps.append(self._pool.submit(self._insert, name, tables[name]))
@@ -274,8 +290,15 @@ class FileWriter(BuildingFile):
             raise
         self._pool.shutdown()
         self._side_pool.shutdown()
+        try:
+            self.state.finish()
+        except BaseException:  # (the threads are done: drop both by hand)
+            discard_file(self.tmp)
+            self.state.discard()
+            raise
         drop_standby(self.warehouse)  # (before the swap: it may hold mail this file drops)
         swap_file(self.tmp, self.warehouse)
+        self.state.published()
         return self.rows
 
     def _commit(self, sync_runs: pl.DataFrame) -> None:

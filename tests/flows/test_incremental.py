@@ -705,23 +705,31 @@ def test_an_error_in_the_incremental_path_falls_back_to_a_full_build(tmp_path, m
     [
         ("_rapport_build", "the warehouse holds no build state"),
         (
-            "_rapport_last_used",
+            "_rapport_person_activity",
             "incremental build failed (CatalogException: Catalog Error: Table with name"
-            " _rapport_last_used does not exist!",
+            " _rapport_person_activity does not exist!",
         ),
+        ("_rapport_last_used", "the warehouse holds no build state"),  # (a state file)
     ],
-    ids=["no-build-row", "a-state-table-missing"],
+    ids=["no-build-row", "a-state-table-missing", "a-state-file-missing"],
 )
 def test_a_warehouse_without_its_build_state_is_rebuilt_in_full(tmp_path, dropped, reason):
     """The state's tables are not listed before they are read: a warehouse from before
-    the build state, or one missing a state table, still ends in a full build."""
+    the build state, or one missing a state table or state file, still ends in a full
+    build."""
     import duckdb
+
+    from warehouse.state import STATE_TABLES, state_root
 
     box, home = sandbox_home(tmp_path)
     box.land(ALICE, HISTORY)
     publish(home, AS_OF)
-    with duckdb.connect(str(home.warehouse)) as con:
-        con.execute(f"DROP TABLE {dropped}")
+    if dropped in STATE_TABLES:
+        [generation] = state_root(home.warehouse).iterdir()
+        (generation / f"{dropped}.arrow").unlink()
+    else:
+        with duckdb.connect(str(home.warehouse)) as con:
+            con.execute(f"DROP TABLE {dropped}")
     box.land(ALICE, [Mail("d1", "ann@globex.com", [ALICE], at="2026-06-01T12:00:00")])
     out = publish(home, AS_OF)
     assert out.mode == "full"

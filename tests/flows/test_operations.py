@@ -276,8 +276,14 @@ def test_each_expectation_blocks_the_publish(env, monkeypatch, violation):
     # the published warehouse is byte-for-byte the old one, and still readable
     assert hashlib.sha256(home.warehouse.read_bytes()).hexdigest() == before
     assert out.mode == "full"
-    # the new file, written while the gate ran, is gone with it
-    assert not list(home.warehouse.parent.glob(f".{home.warehouse.name}.*"))
+    # the new file, written while the gate ran, is gone with it, and so is its state:
+    # only the live file's generation of state files is left
+    from warehouse.state import state_root
+
+    state = state_root(home.warehouse)
+    assert list(home.warehouse.parent.glob(f".{home.warehouse.name}.*")) == [state]
+    live_state = count(home, "SELECT state FROM _rapport_build")
+    assert [folder.name for folder in state.iterdir()] == [live_state]
     assert count(home, "SELECT count(*) FROM messages") == 60
     runs = load_runs(home)
     assert runs["status"].to_list()[-1] == "failed_expectations"

@@ -321,7 +321,10 @@ def person_connections(interactions: pl.LazyFrame, as_of: datetime) -> pl.DataFr
     insert_frame(
         con, "_rapport_connection_sums", person_connection_sums(interactions, as_of).collect()
     )
-    con.execute("INSERT INTO _rapport_build VALUES (?, 'test', 'full')", [as_of])
+    con.execute(
+        "INSERT INTO _rapport_build (as_of, fingerprint, mode) VALUES (?, 'test', 'full')",
+        [as_of],
+    )
     return con.sql(
         "SELECT member_id, person_id, score, strength FROM connections WHERE person_id IS NOT NULL"
     ).pl()

@@ -148,19 +148,19 @@ def test_a_background_writer_inserts_at_low_priority_until_brought_to_the_foregr
     assert {os.getpriority(os.PRIO_PROCESS, tid) for tid in lowered} == {BACKGROUND_NICE}
     with pytest.raises(ValueError, match="members"):
         writer.add({"members": members})
-    files = pl.DataFrame({"path": ["raw/messages/a.parquet"]})
-    writer.add({"_rapport_lake_files": files})  # a second hand-over
+    grants = pl.DataFrame({"account_id": ["acc_1"], "member_email": ["b@x.io"]})
+    writer.add({"sharing_grants": grants})  # a second hand-over
     writer.to_foreground()
     assert {os.getpriority(os.PRIO_PROCESS, tid) for tid in lowered} == {base}
     assert writer.finish(pl.DataFrame(schema=SYNC_RUN_SCHEMA)) == 3
     assert _member_emails(live) == ["a@x.io", "b@x.io"]
-    assert query_paths(live) == ["raw/messages/a.parquet"]
+    assert query_grants(live) == [("acc_1", "b@x.io")]
 
 
-def query_paths(live: Path) -> list[str]:
+def query_grants(live: Path) -> list[tuple[str, str]]:
     from warehouse.publish import query_readonly
 
-    return [r[0] for r in query_readonly(live, "SELECT path FROM _rapport_lake_files")[1]]
+    return query_readonly(live, "SELECT account_id, member_email FROM sharing_grants")[1]
 
 
 def test_the_previous_tables_are_read_through_one_connection_none_where_missing(tmp_path):

@@ -180,21 +180,11 @@ CREATE TABLE sync_runs (
 CREATE TABLE _rapport_build (
     as_of       TIMESTAMPTZ NOT NULL,
     fingerprint VARCHAR NOT NULL,   -- settings, accounts and blocklist the run used
-    mode        VARCHAR NOT NULL    -- full | incremental
+    mode        VARCHAR NOT NULL,   -- full | incremental
+    state       VARCHAR             -- its generation of state files (warehouse/state.py)
 );
-
-CREATE TABLE _rapport_lake_files (path VARCHAR NOT NULL);  -- relative to the lake
-
-CREATE TABLE _rapport_name_counts (
-    canonical_key VARCHAR,
-    email         VARCHAR,
-    name          VARCHAR,
-    n             BIGINT NOT NULL
-);
-
-CREATE TABLE _rapport_last_used (email VARCHAR, last_used_at TIMESTAMPTZ);
-
-CREATE TABLE _rapport_blocked_threads (account_id VARCHAR, thread_id VARCHAR);
+-- The state only the pipeline reads (the name counts, the keys of every address, ...)
+-- is kept beside this file, not in it: warehouse/state.py.
 
 CREATE TABLE _rapport_connection_sums (
     member_id VARCHAR NOT NULL,
@@ -202,31 +192,6 @@ CREATE TABLE _rapport_connection_sums (
     f_sent DOUBLE, l_sent DOUBLE,   -- decay sums anchored at 2020-01-01 UTC (metrics.py)
     f_recv DOUBLE, l_recv DOUBLE,   -- f_: 45-day half-life, l_: 365-day
     f_meet DOUBLE, l_meet DOUBLE
-);
-
--- Every address of every person with its canonical key (NULL: not a valid address), so
--- a run normalises only addresses it has not seen.
-CREATE TABLE _rapport_address_keys (address VARCHAR NOT NULL, canonical_key VARCHAR);
--- canonical key -> the person holding it (a later run starts from it, not recomputes it)
-CREATE TABLE _rapport_person_keys (canonical_key VARCHAR NOT NULL, person_id VARCHAR NOT NULL);
-
--- Each domain of a person's address: its registrable domain and whether it is free mail
--- (a public-suffix lookup per domain: ~65 ms for the 4,700 of a million messages in a
--- fresh process, so a run works out only the domains an earlier one has not).
-CREATE TABLE _rapport_domain_info (
-    domain             VARCHAR NOT NULL,
-    registrable_domain VARCHAR,
-    is_free_mail       BOOLEAN
-);
-
--- The interactions that are meetings after the run's as_of (few): the next run finds
--- each key's next meeting here instead of scanning every interaction.
-CREATE TABLE _rapport_upcoming_meetings (
-    person_id  VARCHAR NOT NULL,
-    company_id VARCHAR,
-    "at"       TIMESTAMPTZ NOT NULL,
-    member_id  VARCHAR NOT NULL,
-    source_key VARCHAR NOT NULL
 );
 
 -- Would-be interactions with addresses that are not people (yet): when one becomes a
@@ -241,10 +206,3 @@ CREATE TABLE _rapport_contact_history (
     weight        DOUBLE NOT NULL
 );
 
--- How each display name in use was split (nameparser is slow; parse a name once).
-CREATE TABLE _rapport_name_parts (
-    display_name VARCHAR,
-    name         VARCHAR,
-    first_name   VARCHAR,
-    last_name    VARCHAR
-);

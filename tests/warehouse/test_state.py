@@ -1,0 +1,105 @@
+"""The build state kept beside the warehouse as generations of Arrow files (issue 7)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from warehouse.state import (
+    STATE_SCHEMAS,
+    STATE_TABLES,
+    StateUnreadable,
+    StateWriter,
+    read_generation,
+    state_root,
+)
+
+COUNTS = "_rapport_name_counts"
+
+
+def counts(rows: list[tuple[str | None, str | None, str | None, int]]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=STATE_SCHEMAS[COUNTS], orient="row")
+
+
+def full_generation(warehouse: Path, tables: dict[str, pl.DataFrame]) -> StateWriter:
+    writer = StateWriter(warehouse)
+    for name, frame in tables.items():
+        writer.replace(name, frame)
+    writer.stamp(pl.DataFrame({"as_of": [1]}))
+    writer.finish()
+    return writer
+
+
+def test_a_full_generation_has_every_table_with_its_columns(tmp_path):
+    warehouse = tmp_path / "w.duckdb"
+    # (extra columns are dropped, types made the state's; tables not handed over: empty)
+    rows = counts([("k1", "ann@x.io", "Ann", 2)]).with_columns(extra=pl.lit(1))
+    writer = full_generation(warehouse, {COUNTS: rows.with_columns(pl.col("n").cast(pl.UInt32))})
+    tables = read_generation(warehouse, writer.generation)
+    assert tables.keys() == STATE_TABLES
+    assert_frame_equal(tables[COUNTS], counts([("k1", "ann@x.io", "Ann", 2)]))
+    for name in STATE_TABLES - {COUNTS}:
+        assert tables[name].is_empty()
+        assert dict(tables[name].schema) == STATE_SCHEMAS[name]
+    assert os.stat(state_root(warehouse)).st_mode & 0o777 == 0o700
+
+
+def test_a_run_rewrites_the_tables_it_changes_and_links_the_rest(tmp_path):
+    """Deletes match whole key rows, a null matching a null (as the warehouse's deletes
+    do); the rows that stay keep their order, the new ones follow."""
+    warehouse = tmp_path / "w.duckdb"
+    before = counts([("k1", "a@x.io", "A", 1), (None, "b@x.io", None, 2), ("k3", "c@x.io", "C", 3)])
+    used = pl.DataFrame(
+        {"email": ["a@x.io"], "last_used_at": [0]}, schema=STATE_SCHEMAS["_rapport_last_used"]
+    )
+    first = full_generation(warehouse, {COUNTS: before, "_rapport_last_used": used})
+    base = read_generation(warehouse, first.generation)
+
+    run = StateWriter(warehouse)
+    run.start_from(base, first.generation)
+    gone = pl.DataFrame({"canonical_key": [None, "k1"]}, schema={"canonical_key": pl.String})
+    run.upsert(COUNTS, gone, counts([("k1", "a@x.io", "A", 5)]))
+    run.upsert(
+        "_rapport_blocked_threads",
+        pl.DataFrame(),
+        pl.DataFrame({"account_id": ["acc"], "thread_id": ["t1"]}),
+    )
+    run.finish()
+    after = read_generation(warehouse, run.generation)
+    assert after[COUNTS].rows() == [("k3", "c@x.io", "C", 3), ("k1", "a@x.io", "A", 5)]
+    assert after["_rapport_blocked_threads"].rows() == [("acc", "t1")]
+    # an unchanged table is the same file as the base generation's (a hard link)
+    same = [
+        state_root(warehouse) / g / "_rapport_last_used.arrow"
+        for g in (first.generation, run.generation)
+    ]
+    assert os.path.samefile(*same)
+    run.published()
+    assert [f.name for f in state_root(warehouse).iterdir()] == [run.generation]
+
+
+def test_a_discarded_run_leaves_the_published_generation_alone(tmp_path):
+    warehouse = tmp_path / "w.duckdb"
+    first = full_generation(warehouse, {COUNTS: counts([("k1", "a@x.io", "A", 1)])})
+    run = StateWriter(warehouse)
+    run.start_from(read_generation(warehouse, first.generation), first.generation)
+    run.upsert(COUNTS, pl.DataFrame(), counts([("k2", "b@x.io", "B", 1)]))
+    run.discard()
+    assert [f.name for f in state_root(warehouse).iterdir()] == [first.generation]
+    assert read_generation(warehouse, first.generation)[COUNTS].height == 1
+
+
+def test_a_missing_or_broken_generation_is_unreadable(tmp_path):
+    warehouse = tmp_path / "w.duckdb"
+    first = full_generation(warehouse, {COUNTS: counts([("k1", "a@x.io", "A", 1)])})
+    with pytest.raises(StateUnreadable):
+        read_generation(warehouse, None)
+    with pytest.raises(StateUnreadable):
+        read_generation(warehouse, "no-such-generation")
+    (state_root(warehouse) / first.generation / f"{COUNTS}.arrow").write_bytes(b"not arrow")
+    with pytest.raises(StateUnreadable):
+        read_generation(warehouse, first.generation)
