@@ -709,7 +709,7 @@ def _stage_delta(
     from transforms.pipeline import lake_file_id, lake_files
     from warehouse.delta import DeltaWriter, DuckLookup, open_live, read_state
     from warehouse.publish import building_path
-    from warehouse.state import STATE_TABLES
+    from warehouse.state import KEPT_TABLES
 
     # The writer copies the live file in its thread (the kernel copies, off the GIL) and
     # writes the run into the copy as the build hands rows over; meanwhile the live file,
@@ -730,7 +730,7 @@ def _stage_delta(
             raise Fallback("the warehouse holds no build state")
         previous, seen = state
         writer.state.start_from(
-            {t: previous.tables[t] for t in STATE_TABLES},  # (read at once: frames)
+            {t: previous.tables[t] for t in KEPT_TABLES},  # (read at once: frames)
             previous.state,
         )
         if previous.fingerprint != fp:

@@ -148,8 +148,8 @@ class Previous:
     )
 
 
-# The tables of the build state `Previous` reads, in the order the build first uses them
-# (they are read in this order while it reads the delta).
+# The tables of the build state `Previous` reads (each one a generation of state files
+# keeps: warehouse/state.py).
 PREVIOUS_TABLES = (
     "_rapport_blocked_threads",
     "_rapport_name_counts",

@@ -26,7 +26,7 @@ import polars as pl
 
 from connectors.lake import fsync_dir, fsync_path
 from warehouse.standby import drop_standby
-from warehouse.state import STATE_TABLES, StateWriter
+from warehouse.state import KEPT_TABLES, STATE_TABLES, StateWriter
 
 
 def sql_text(name: str) -> str:
@@ -137,12 +137,13 @@ class BuildingFile:
 
     def _to_file(self, tables: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
         """The tables that go into the DuckDB file (the build row naming the run's
-        state); the state tables are handed to the state's writer."""
+        state); the state tables, and copies of the mirrored ones, are handed to the
+        state's writer."""
         out = {}
         for name, frame in tables.items():
-            if name in STATE_TABLES:
+            if name in KEPT_TABLES:  # (a mirrored table goes to both)
                 self.state.replace(name, frame)
-            else:
+            if name not in STATE_TABLES:
                 out[name] = self.state.stamp(frame) if name == "_rapport_build" else frame
         return out
 

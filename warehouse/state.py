@@ -16,6 +16,7 @@ publish), and a missing or unreadable one means a full build.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -23,7 +24,10 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import duckdb
 import polars as pl
+import pyarrow as pa
+import pyarrow.ipc as pa_ipc
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,21 @@ STATE_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
 }
 STATE_TABLES = frozenset(STATE_SCHEMAS)
 
+# Tables analysts query too (or views over them): they stay in the warehouse, and a copy
+# is kept here as well, for the next run to read at once instead of from the file
+# (~0.05 s of CPU at 1M). Their columns are the warehouse's (`mirrored_schemas`).
+MIRRORED_TABLES = frozenset(
+    {
+        "people",
+        "companies",
+        "person_merges",
+        "_rapport_connection_sums",
+        "_rapport_person_activity",
+        "_rapport_company_activity",
+    }
+)
+KEPT_TABLES = STATE_TABLES | MIRRORED_TABLES  # (every table a generation holds)
+
 
 class StateUnreadable(Exception):
     """A generation is missing or does not read back whole: the run builds in full."""
@@ -84,21 +103,58 @@ def _file(folder: Path, table: str) -> Path:
     return folder / f"{table}.arrow"
 
 
-def conform(table: str, frame: pl.DataFrame) -> pl.DataFrame:
-    """`frame` with exactly the state table's columns and types."""
-    schema = STATE_SCHEMAS[table]
+@functools.cache
+def mirrored_schemas() -> dict[str, dict[str, pl.DataType]]:
+    """The columns of the mirrored tables as a query of the warehouse returns them (times
+    in UTC): an empty in-memory warehouse is asked once per process."""
+    from warehouse.publish import sql_text
+
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute(sql_text("schema.sql"))
+        return {
+            table: {
+                name: pl.Datetime(t.time_unit, "UTC") if isinstance(t, pl.Datetime) else t
+                for name, t in con.sql(f'SELECT * FROM "{table}" LIMIT 0').pl().schema.items()
+            }
+            for table in sorted(MIRRORED_TABLES)
+        }
+    finally:
+        con.close()
+
+
+def schema_of(table: str) -> dict[str, pl.DataType]:
+    return STATE_SCHEMAS[table] if table in STATE_SCHEMAS else mirrored_schemas()[table]
+
+
+def conform(
+    table: str, frame: pl.DataFrame, schema: dict[str, pl.DataType] | None = None
+) -> pl.DataFrame:
+    """`frame` with exactly the kept table's columns and types (`schema`, else its own)."""
+    schema = schema or schema_of(table)
     return frame.select([pl.col(name).cast(dtype) for name, dtype in schema.items()])
 
 
 def read_generation(warehouse: Path, generation: str | None) -> dict[str, pl.DataFrame]:
-    """Every state table of a generation (memory-mapped: reading costs next to nothing)."""
+    """Every table of a generation (memory-mapped: reading costs next to nothing)."""
     if not generation:
         raise StateUnreadable("the warehouse names no state files")
     folder = state_root(warehouse) / generation
     try:
-        return {table: pl.read_ipc(_file(folder, table)) for table in STATE_TABLES}
-    except (OSError, pl.exceptions.PolarsError) as exc:
+        return {table: _read(_file(folder, table)) for table in KEPT_TABLES}
+    except (OSError, pa.ArrowException, pl.exceptions.PolarsError) as exc:
         raise StateUnreadable(f"state files of {generation} unreadable: {exc}") from exc
+
+
+def _read(path: Path) -> pl.DataFrame:
+    # Memory-mapped, the frame's buffers are the file's pages: at 1M, 5 ms for every table
+    # against 33 ms read into memory (pl.read_ipc). Files are never written in place (a
+    # new generation is a new folder), so the mapping stays valid while the frame lives.
+    with pa.memory_map(str(path)) as source:
+        frame = pl.from_arrow(pa_ipc.open_file(source).read_all())
+    assert isinstance(frame, pl.DataFrame)
+    return frame
 
 
 def remove_other_generations(warehouse: Path, keep: str) -> None:
@@ -142,7 +198,7 @@ class StateWriter:
         return build.with_columns(state=pl.lit(self.generation, pl.String))
 
     def replace(self, table: str, frame: pl.DataFrame) -> None:
-        self._submit(table, lambda _: conform(table, frame))
+        self._submit(table, lambda current: conform(table, frame, self._schema(table)))
 
     def upsert(self, table: str, gone: pl.DataFrame, rows: pl.DataFrame) -> None:
         """Delete the rows whose key columns (those of `gone`) match a row of `gone` (a
@@ -157,18 +213,25 @@ class StateWriter:
                     nulls_equal=True,
                     maintain_order="left",
                 )
-            return pl.concat([current, conform(table, rows)]) if rows.height else current
+            if not rows.height:
+                return current
+            return pl.concat([current, conform(table, rows, dict(current.schema))])
 
         self._submit(table, apply)
 
     def _submit(self, table: str, change: object) -> None:
         self._steps.append(self._pool.submit(self._apply, table, change))
 
+    def _schema(self, table: str) -> dict[str, pl.DataType]:
+        # (a run's base generation has the columns already: no need to work them out)
+        base = self.tables.get(table)
+        return dict(base.schema) if base is not None else schema_of(table)
+
     def _apply(self, table: str, change: object) -> None:
         assert callable(change)
         current = self.tables.get(table)
         if current is None:
-            current = pl.DataFrame(schema=STATE_SCHEMAS[table])
+            current = pl.DataFrame(schema=schema_of(table))
         frame = change(current)
         self.tables[table] = frame
         self._make_folder()
@@ -190,7 +253,7 @@ class StateWriter:
         if not (self.written or self.named or self.base):
             return  # (a file with no build state: nothing to keep)
         self._make_folder()
-        for table in STATE_TABLES - self.written:
+        for table in KEPT_TABLES - self.written:
             target = _file(self.folder, table)
             source = _file(self.base, table) if self.base is not None else None
             if source is not None and source.exists():
@@ -199,7 +262,7 @@ class StateWriter:
                 except OSError:  # no hard links here
                     shutil.copyfile(source, target)
             else:  # (a full build that had no rows for it)
-                pl.DataFrame(schema=STATE_SCHEMAS[table]).write_ipc(target)
+                pl.DataFrame(schema=schema_of(table)).write_ipc(target)
 
     def published(self) -> None:
         """The file naming this generation is live: the others go."""

@@ -10,11 +10,13 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from warehouse.state import (
+    KEPT_TABLES,
     STATE_SCHEMAS,
     STATE_TABLES,
     StateUnreadable,
     StateWriter,
     read_generation,
+    schema_of,
     state_root,
 )
 
@@ -40,11 +42,11 @@ def test_a_full_generation_has_every_table_with_its_columns(tmp_path):
     rows = counts([("k1", "ann@x.io", "Ann", 2)]).with_columns(extra=pl.lit(1))
     writer = full_generation(warehouse, {COUNTS: rows.with_columns(pl.col("n").cast(pl.UInt32))})
     tables = read_generation(warehouse, writer.generation)
-    assert tables.keys() == STATE_TABLES
+    assert tables.keys() == KEPT_TABLES
     assert_frame_equal(tables[COUNTS], counts([("k1", "ann@x.io", "Ann", 2)]))
-    for name in STATE_TABLES - {COUNTS}:
+    for name in KEPT_TABLES - {COUNTS}:
         assert tables[name].is_empty()
-        assert dict(tables[name].schema) == STATE_SCHEMAS[name]
+        assert dict(tables[name].schema) == schema_of(name)
     assert os.stat(state_root(warehouse)).st_mode & 0o777 == 0o700
 
 
@@ -103,3 +105,22 @@ def test_a_missing_or_broken_generation_is_unreadable(tmp_path):
     (state_root(warehouse) / first.generation / f"{COUNTS}.arrow").write_bytes(b"not arrow")
     with pytest.raises(StateUnreadable):
         read_generation(warehouse, first.generation)
+
+
+def test_every_table_a_run_reads_back_is_kept_with_the_warehouse_s_columns():
+    """The state a run starts from is read from its generation alone; a mirrored table
+    has the columns a query of the warehouse returns."""
+    import duckdb
+
+    from transforms.incremental import PREVIOUS_TABLES
+    from warehouse.publish import sql_text
+    from warehouse.state import MIRRORED_TABLES, mirrored_schemas
+
+    assert set(PREVIOUS_TABLES) <= KEPT_TABLES
+    con = duckdb.connect()
+    con.execute(sql_text("schema.sql"))
+    in_file = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    assert MIRRORED_TABLES <= in_file and not STATE_TABLES & in_file
+    people = mirrored_schemas()["people"]
+    assert people["email_addresses"] == pl.List(pl.String)
+    assert people["created_at"] == pl.Datetime("us", "UTC")
