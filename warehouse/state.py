@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -219,7 +220,7 @@ class StateWriter:
 
         self._submit(table, apply)
 
-    def _submit(self, table: str, change: object) -> None:
+    def _submit(self, table: str, change: Callable[[pl.DataFrame], pl.DataFrame]) -> None:
         self._steps.append(self._pool.submit(self._apply, table, change))
 
     def _schema(self, table: str) -> dict[str, pl.DataType]:
@@ -227,8 +228,7 @@ class StateWriter:
         base = self.tables.get(table)
         return dict(base.schema) if base is not None else schema_of(table)
 
-    def _apply(self, table: str, change: object) -> None:
-        assert callable(change)
+    def _apply(self, table: str, change: Callable[[pl.DataFrame], pl.DataFrame]) -> None:
         current = self.tables.get(table)
         if current is None:
             current = pl.DataFrame(schema=schema_of(table))
