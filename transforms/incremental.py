@@ -94,9 +94,10 @@ STATE_VERSION = "10"
 # Windows of the metrics (days): time moving past their edges changes a person's row.
 WINDOW_DAYS = (0, 30, 90, 365)
 INTERACTION_KEY = ["member_id", "person_id", "source_key"]
-# The tables a run writes last, after its checkpoint (person, company).
+# The activity tables (person, company): a run writes them last.
 ACTIVITY_TABLES = ("_rapport_person_activity", "_rapport_company_activity")
-# The state tables a run writes in its metrics step, the last before the gate.
+# The state tables a run writes in its metrics step, the last before the gate (after
+# its checkpoint).
 METRIC_TABLES = ("_rapport_connection_sums", "_rapport_upcoming_meetings", *ACTIVITY_TABLES)
 
 
@@ -1065,6 +1066,10 @@ def _build_delta(
     )
     append["interactions"] = delta_interactions
     sink.append({"interactions": delta_interactions}, {})
+    # The bulk of the run's rows is handed over: the writer compresses them while the
+    # metrics are worked out (checkpointing after the metrics instead left more of it
+    # after the gate: 1M, 25 alternating pairs, -7 and -10 ms, 17 of 25 faster).
+    sink.checkpoint(later=METRIC_TABLES)
     # Rows of deleted mail and events: what their people and companies lose is worked out
     # again in DuckDB, next to the rows (random deletes hit the busiest contacts: at 1M,
     # 100 deletes touched people with 1.3M rows). The three questions are asked at once,
@@ -1135,7 +1140,6 @@ def _build_delta(
         upcoming, previous.upcoming, INTERACTION_KEY
     )
     sink.upsert({"_rapport_upcoming_meetings": upsert["_rapport_upcoming_meetings"]})
-    sink.checkpoint(later=ACTIVITY_TABLES)  # only the activity rows are still to come
     members = frames.members
     new_companies = companies.join(previous.companies, on="company_id", how="anti")
 
