@@ -709,7 +709,7 @@ def _stage_delta(
     from transforms.pipeline import lake_file_id, lake_files
     from warehouse.delta import DeltaWriter, DuckLookup, open_live, read_state
     from warehouse.publish import building_path
-    from warehouse.state import KEPT_TABLES
+    from warehouse.state import KEPT_TABLES, read_sole_generation
 
     # The writer copies the live file in its thread (the kernel copies, off the GIL) and
     # writes the run into the copy as the build hands rows over; meanwhile the live file,
@@ -724,8 +724,11 @@ def _stage_delta(
         # The lake's files are listed while the live file opens (the run waits for it).
         current = lake_files(home.lake, frames)
         ids = {f: lake_file_id(home.lake, f) for files in current.values() for f in files}
+        # The state too: the only generation there usually is, checked against the file's
+        # build row (1M: -21 and +8 ms in two batches of 11 pairs, 15 of 22 faster).
+        ahead = read_sole_generation(home.warehouse)
         live = live_opening.result() if live_opening is not None else open_live(home.warehouse)
-        state = read_state(live, home.warehouse)
+        state = read_state(live, home.warehouse, ahead)
         if state is None:
             raise Fallback("the warehouse holds no build state")
         previous, seen = state

@@ -101,10 +101,15 @@ def open_copy(tmp: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def read_state(con: duckdb.DuckDBPyConnection, warehouse: Path) -> tuple[Previous, set[str]] | None:
+def read_state(
+    con: duckdb.DuckDBPyConnection,
+    warehouse: Path,
+    read_ahead: tuple[str, dict[str, pl.DataFrame]] | None = None,
+) -> tuple[Previous, set[str]] | None:
     """The last run's state and the lake files it read, or None (an older warehouse, or
     its state files gone): the generation of state files (warehouse/state.py) that the
-    file's build row names, read at once (~2 ms at 1M; from the file, 0.1 s of CPU)."""
+    file's build row names, read at once (~2-9 ms at 1M; from the file, 0.1 s of CPU).
+    `read_ahead`: a generation read before `con` was open, used if it is that one."""
     # No listing of the tables first: duckdb_tables() loads every table's metadata (9-14
     # ms at 1M, on the run's path).
     try:
@@ -115,7 +120,10 @@ def read_state(con: duckdb.DuckDBPyConnection, warehouse: Path) -> tuple[Previou
         return None
     as_of, fp, generation = build[0]
     try:
-        state = read_generation(warehouse, generation)
+        if read_ahead is not None and read_ahead[0] == generation:
+            state = read_ahead[1]  # (read while the file opened: `read_sole_generation`)
+        else:
+            state = read_generation(warehouse, generation)
     except StateUnreadable as exc:
         log.warning("%s", exc)
         return None

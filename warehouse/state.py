@@ -148,6 +148,18 @@ def read_generation(warehouse: Path, generation: str | None) -> dict[str, pl.Dat
         raise StateUnreadable(f"state files of {generation} unreadable: {exc}") from exc
 
 
+def read_sole_generation(warehouse: Path) -> tuple[str, dict[str, pl.DataFrame]] | None:
+    """The only generation there is, read before the file that names it is open (after a
+    publish only the live one is left); None if there are none, several, or it does not
+    read. The caller checks it against the file's build row before using it."""
+    root = state_root(warehouse)
+    try:
+        [folder] = list(root.iterdir())
+        return folder.name, read_generation(warehouse, folder.name)
+    except (OSError, ValueError, StateUnreadable):
+        return None
+
+
 def _read(path: Path) -> pl.DataFrame:
     # Memory-mapped, the frame's buffers are the file's pages: at 1M, 5 ms for every table
     # against 33 ms read into memory (pl.read_ipc). Files are never written in place (a

@@ -124,3 +124,33 @@ def test_every_table_a_run_reads_back_is_kept_with_the_warehouse_s_columns():
     people = mirrored_schemas()["people"]
     assert people["email_addresses"] == pl.List(pl.String)
     assert people["created_at"] == pl.Datetime("us", "UTC")
+
+
+def test_the_state_read_ahead_is_used_only_if_the_file_names_it(tmp_path):
+    """A run reads the only generation there is while the published file opens; the
+    file's build row decides which generation the run starts from."""
+    import duckdb
+
+    from warehouse.delta import read_state
+    from warehouse.publish import sql_text
+    from warehouse.state import read_sole_generation
+
+    warehouse = tmp_path / "w.duckdb"
+    assert read_sole_generation(warehouse) is None  # (no state yet)
+    first = full_generation(warehouse, {COUNTS: counts([("k1", "a@x.io", "A", 1)])})
+    ahead = read_sole_generation(warehouse)
+    assert ahead is not None and ahead[0] == first.generation
+    second = full_generation(warehouse, {COUNTS: counts([("k2", "b@x.io", "B", 2)])})
+    assert read_sole_generation(warehouse) is None  # (two: which one is live is the file's)
+    con = duckdb.connect(str(warehouse))
+    con.execute(sql_text("schema.sql"))
+    con.execute(
+        "INSERT INTO _rapport_build VALUES (TIMESTAMPTZ '2026-06-01 00:00:00+00', 'fp', 'full', ?)",
+        [second.generation],
+    )
+    state = read_state(con, warehouse, read_ahead=ahead)  # (ahead is the other one)
+    assert state is not None
+    previous, _ = state
+    assert previous.state == second.generation
+    assert previous.name_counts.rows() == [("k2", "b@x.io", "B", 2)]
+    con.close()
