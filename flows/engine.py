@@ -709,7 +709,7 @@ def _stage_delta(
     from transforms.pipeline import lake_file_id, lake_files
     from warehouse.delta import DeltaWriter, DuckLookup, open_live, read_state
     from warehouse.publish import building_path
-    from warehouse.state import KEPT_TABLES, read_sole_generation
+    from warehouse.state import read_sole_generation
 
     # The writer copies the live file in its thread (the kernel copies, off the GIL) and
     # writes the run into the copy as the build hands rows over; meanwhile the live file,
@@ -719,7 +719,7 @@ def _stage_delta(
     writer = DeltaWriter(
         home.warehouse, tmp, rewritten=[*(whole or {}), "sync_runs"], late=METRIC_TABLES
     )
-    live = previous = None
+    live = None
     try:
         # The lake's files are listed while the live file opens (the run waits for it).
         current = lake_files(home.lake, frames)
@@ -732,10 +732,7 @@ def _stage_delta(
         if state is None:
             raise Fallback("the warehouse holds no build state")
         previous, seen = state
-        writer.state.start_from(
-            {t: previous.tables[t] for t in KEPT_TABLES},  # (read at once: frames)
-            previous.state,
-        )
+        writer.state.start_from(previous.tables, previous.state)
         if previous.fingerprint != fp:
             raise Fallback("settings, accounts or blocklist changed")
         if not seen <= set(ids.values()):
@@ -749,7 +746,6 @@ def _stage_delta(
         known = {t: [f for f in files if ids[f] in seen] for t, files in current.items()}
         with small_queries():
             staged = build_delta(frames, previous, new, DuckLookup(live), writer, known)
-        previous.settle()  # (every table is read by now; the reader must be off `live`)
         threading.Thread(target=live.close).start()  # (0.015 s at 1M: off the run's path)
         return _DeltaRun(staged, writer)
     except Fallback as why:
@@ -757,8 +753,6 @@ def _stage_delta(
     except Exception as exc:  # the full build is the reference: a sync still completes
         log.warning("incremental build failed, building in full", exc_info=True)
         reason = f"incremental build failed ({type(exc).__name__}: {exc})"
-    if previous is not None:
-        previous.settle()  # its tables are read from `live` in a thread
     if live is None and live_opening is not None and live_opening.exception() is None:
         live = live_opening.result()  # (the run stopped before it waited for the file)
     if live is not None:

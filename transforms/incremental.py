@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Collection
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from importlib.metadata import version
@@ -107,27 +107,17 @@ class Fallback(Exception):
 
 @dataclass
 class Previous:
-    """The last published run's state, read from the warehouse.
-
-    Each of `tables` may still be loading (a Future): the build reads the delta
-    meanwhile, and the first use of a table waits for that table alone.
-    """
+    """The last published run's state: its build row, and the tables of the generation
+    of state files it names (warehouse/state.py), read whole before the build starts."""
 
     as_of: datetime
     fingerprint: str
     published_messages: int
-    tables: dict[str, pl.DataFrame | Future[pl.DataFrame]]
-    state: str = ""  # the generation of state files it was read from (warehouse/state.py)
+    tables: dict[str, pl.DataFrame]
+    state: str = ""  # the generation of state files it was read from
 
     def _table(self, name: str) -> pl.DataFrame:
-        table = self.tables[name]
-        if isinstance(table, Future):
-            table = self.tables[name] = table.result()
-        return table
-
-    def settle(self) -> None:
-        """Wait until the tables are read (or failed to be), e.g. before closing their file."""
-        wait([t for t in self.tables.values() if isinstance(t, Future)])
+        return self.tables[name]
 
     people = property(lambda self: self._table("people"))
     companies = property(lambda self: self._table("companies"))

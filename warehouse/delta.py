@@ -129,8 +129,7 @@ def read_state(
         return None
     files = set(state["_rapport_lake_files"]["path"].to_list())
     published = con.execute("SELECT count(*) FROM messages").fetchall()[0][0]
-    tables: dict[str, pl.DataFrame | Future[pl.DataFrame]] = dict(state)
-    return Previous(as_of, fp, published, tables, generation), files
+    return Previous(as_of, fp, published, state, generation), files
 
 
 # The few interactions matching `where`: their row ids first, from the filter columns
