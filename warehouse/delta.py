@@ -414,15 +414,10 @@ class DeltaWriter(BuildingFile):
         """Rows added to tables, after deleting rows by key (`deletes`: the keys per table)."""
         tables, deletes = dict(tables), dict(deletes)
         for name in KEPT_TABLES & (tables.keys() | deletes.keys()):
-            gone, rows = deletes.get(name), tables.get(name)
+            self.state.upsert(name, deletes.get(name), tables.get(name))
             if name in STATE_TABLES:  # (not in the file)
                 deletes.pop(name, None)
                 tables.pop(name, None)
-            self.state.upsert(
-                name,
-                gone if gone is not None else pl.DataFrame(),
-                rows if rows is not None else pl.DataFrame(),
-            )
         self._submit(lambda: self._append(tables, deletes))
 
     def _append(self, tables: dict[str, pl.DataFrame], deletes: dict[str, pl.DataFrame]) -> None:

@@ -213,12 +213,12 @@ class StateWriter:
     def replace(self, table: str, frame: pl.DataFrame) -> None:
         self._submit(table, lambda current: conform(table, frame, self._schema(table)))
 
-    def upsert(self, table: str, gone: pl.DataFrame, rows: pl.DataFrame) -> None:
+    def upsert(self, table: str, gone: pl.DataFrame | None, rows: pl.DataFrame | None) -> None:
         """Delete the rows whose key columns (those of `gone`) match a row of `gone` (a
         null matching a null, as the warehouse's deletes), then append `rows`."""
 
         def apply(current: pl.DataFrame) -> pl.DataFrame:
-            if gone.height:
+            if gone is not None and gone.height:
                 current = current.join(
                     gone.unique(),
                     on=gone.columns,
@@ -226,7 +226,7 @@ class StateWriter:
                     nulls_equal=True,
                     maintain_order="left",
                 )
-            if not rows.height:
+            if rows is None or not rows.height:
                 return current
             return pl.concat([current, conform(table, rows, dict(current.schema))])
 

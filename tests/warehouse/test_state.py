@@ -67,7 +67,7 @@ def test_a_run_rewrites_the_tables_it_changes_and_links_the_rest(tmp_path):
     run.upsert(COUNTS, gone, counts([("k1", "a@x.io", "A", 5)]))
     run.upsert(
         "_rapport_blocked_threads",
-        pl.DataFrame(),
+        None,
         pl.DataFrame({"account_id": ["acc"], "thread_id": ["t1"]}),
     )
     run.finish()
@@ -89,7 +89,7 @@ def test_a_discarded_run_leaves_the_published_generation_alone(tmp_path):
     first = full_generation(warehouse, {COUNTS: counts([("k1", "a@x.io", "A", 1)])})
     run = StateWriter(warehouse)
     run.start_from(read_generation(warehouse, first.generation), first.generation)
-    run.upsert(COUNTS, pl.DataFrame(), counts([("k2", "b@x.io", "B", 1)]))
+    run.upsert(COUNTS, None, counts([("k2", "b@x.io", "B", 1)]))
     run.discard()
     assert [f.name for f in state_root(warehouse).iterdir()] == [first.generation]
     assert read_generation(warehouse, first.generation)[COUNTS].height == 1
