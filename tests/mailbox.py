@@ -380,10 +380,12 @@ SNAPSHOT_SKIP = {
 
 def snapshot(warehouse: Path) -> dict[str, pl.DataFrame]:
     """Every published table, sorted, minus run bookkeeping (times of the run itself);
-    with the state tables of the file's generation of state files."""
+    with the state tables of the file's generation of state files. The generation's
+    copies of the mirrored tables must equal the file's (they are what the next run
+    starts from)."""
     import duckdb
 
-    from warehouse.state import read_generation
+    from warehouse.state import MIRRORED_TABLES, STATE_TABLES, read_generation
 
     con = duckdb.connect(str(warehouse), read_only=True)
     try:
@@ -395,21 +397,32 @@ def snapshot(warehouse: Path) -> dict[str, pl.DataFrame]:
         ]
         [(generation,)] = con.execute("SELECT state FROM _rapport_build").fetchall()
         tables = {name: con.sql(f'SELECT * FROM "{name}"').pl() for name in names}
-        tables |= read_generation(warehouse, generation)
-        out = {}
-        for name, df in sorted(tables.items()):
-            if name in SNAPSHOT_SKIP and SNAPSHOT_SKIP[name] is None:
-                continue
-            df = df.drop([c for c in SNAPSHOT_SKIP.get(name) or [] if c in df.columns])
-            # Recipient lists carry no order (see transforms.pipeline.messages_table).
-            df = df.with_columns(
-                pl.col(c).list.sort() for c, t in df.schema.items() if t == pl.List(pl.String)
-            )
-            sortable = [c for c, t in df.schema.items() if not isinstance(t, pl.List)]
-            out[name] = df.sort(sortable, nulls_last=True) if sortable else df
+        kept = read_generation(warehouse, generation)
+        tables |= {name: kept[name] for name in STATE_TABLES}
+        out = {
+            name: _comparable(name, df)
+            for name, df in sorted(tables.items())
+            if not (name in SNAPSHOT_SKIP and SNAPSHOT_SKIP[name] is None)
+        }
+        assert_same_warehouse(
+            {name: out[name] for name in sorted(MIRRORED_TABLES)},
+            {name: _comparable(name, kept[name]) for name in sorted(MIRRORED_TABLES)},
+        )
         return out
     finally:
         con.close()
+
+
+def _comparable(name: str, df: pl.DataFrame) -> pl.DataFrame:
+    """A table sorted, in UTC, without the columns SNAPSHOT_SKIP leaves out."""
+    df = df.drop([c for c in SNAPSHOT_SKIP.get(name) or [] if c in df.columns])
+    # Recipient lists carry no order (see transforms.pipeline.messages_table).
+    df = df.with_columns(
+        pl.col(c).list.sort() for c, t in df.schema.items() if t == pl.List(pl.String)
+    )
+    df = df.with_columns(pl.col(pl.Datetime).dt.convert_time_zone("UTC"))
+    sortable = [c for c, t in df.schema.items() if not isinstance(t, pl.List)]
+    return df.sort(sortable, nulls_last=True) if sortable else df
 
 
 def assert_same_warehouse(a: dict[str, pl.DataFrame], b: dict[str, pl.DataFrame]) -> None:
