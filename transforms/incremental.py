@@ -1206,6 +1206,10 @@ def _build_delta(
     }
     upsert |= activity
     sink.upsert(activity)
+    # Written out while the gate runs and the run is logged: the commit before the swap
+    # is then left only the run log (1M, with the log fsynced meanwhile: two batches of
+    # 12 alternating pairs, -25 and -35 ms, 8 of 11 faster each; CPU -36 and -42 ms).
+    sink.checkpoint()
     stats = {
         "delta_messages": visible.height,
         "relanded_unchanged": relanded.height + relanded_events.height,

@@ -478,9 +478,12 @@ class DeltaWriter(BuildingFile):
         self._replay_rest()
         super()._commit_and_close()
 
-    def finish(self) -> None:
-        """Commit, checkpoint and swap the copy in (after every write handed over)."""
+    def finish(self, meanwhile: Callable[[], object] | None = None) -> None:
+        """Commit, checkpoint and swap the copy in (after every write handed over).
+        `meanwhile` runs while the writer commits, before the swap."""
         self._submit(self._commit_and_close)
+        if meanwhile is not None:
+            meanwhile()
         self.wait()
         self.state.finish()
         assert self.journal is not None
