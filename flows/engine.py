@@ -474,10 +474,16 @@ def build_and_publish(
     incremental: bool = True,
 ) -> PublishResult:
     """Build, gate and publish: incrementally when the delta allows, else in full."""
+    from warehouse.state import remove_retired
+
     with contextlib.ExitStack() as engine:
-        return _build_and_publish(
+        result = _build_and_publish(
             home, run_id, as_of, stream_results, started_at, validate, incremental, engine
         )
+    # The state files an incremental run replaced, no longer mapped by its frames (freed
+    # on return): their pages are freed in a thread, off the run's path.
+    threading.Thread(target=remove_retired, args=(home.warehouse,), name="retired").start()
+    return result
 
 
 def _build_and_publish(

@@ -154,7 +154,7 @@ def read_sole_generation(warehouse: Path) -> tuple[str, dict[str, pl.DataFrame]]
     read. The caller checks it against the file's build row before using it."""
     root = state_root(warehouse)
     try:
-        [folder] = list(root.iterdir())
+        [folder] = [f for f in root.iterdir() if not f.name.startswith(RETIRED)]
         return folder.name, read_generation(warehouse, folder.name)
     except (OSError, ValueError, StateUnreadable):
         return None
@@ -177,6 +177,32 @@ def remove_other_generations(warehouse: Path, keep: str) -> None:
         return
     for folder in root.iterdir():
         if folder.name != keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+# A replaced generation is first renamed with this prefix, and removed once the run's
+# frames no longer map its files: removing a mapped file leaves freeing its pages to the
+# unmapping, on the run's path (~20 ms for the tables a 1M new-mail run rewrites).
+RETIRED = "retired-"
+
+
+def retire_other_generations(warehouse: Path, keep: str) -> None:
+    """Rename every generation but `keep` as retired (removed by `remove_retired`)."""
+    root = state_root(warehouse)
+    if not root.is_dir():
+        return
+    for folder in root.iterdir():
+        if folder.name != keep and not folder.name.startswith(RETIRED):
+            os.replace(folder, folder.with_name(RETIRED + folder.name))
+
+
+def remove_retired(warehouse: Path) -> None:
+    """Remove the retired generations (call once no frame maps their files)."""
+    root = state_root(warehouse)
+    if not root.is_dir():
+        return
+    for folder in root.iterdir():
+        if folder.name.startswith(RETIRED):
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -276,9 +302,13 @@ class StateWriter:
             else:  # (a full build that had no rows for it)
                 pl.DataFrame(schema=schema_of(table)).write_ipc(target)
 
-    def published(self) -> None:
-        """The file naming this generation is live: the others go."""
-        remove_other_generations(self.warehouse, keep=self.generation)
+    def published(self, retire: bool = False) -> None:
+        """The file naming this generation is live: the others go, or with `retire` are
+        renamed for `remove_retired` (a run whose frames still map them)."""
+        if retire:
+            retire_other_generations(self.warehouse, keep=self.generation)
+        else:
+            remove_other_generations(self.warehouse, keep=self.generation)
 
     def discard(self) -> None:
         for step in self._steps:

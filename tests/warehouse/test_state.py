@@ -11,11 +11,14 @@ from polars.testing import assert_frame_equal
 
 from warehouse.state import (
     KEPT_TABLES,
+    RETIRED,
     STATE_SCHEMAS,
     STATE_TABLES,
     StateUnreadable,
     StateWriter,
     read_generation,
+    read_sole_generation,
+    remove_retired,
     schema_of,
     state_root,
 )
@@ -81,6 +84,29 @@ def test_a_run_rewrites_the_tables_it_changes_and_links_the_rest(tmp_path):
     ]
     assert os.path.samefile(*same)
     run.published()
+    assert [f.name for f in state_root(warehouse).iterdir()] == [run.generation]
+
+
+def test_a_replaced_generation_is_retired_first_and_removed_once_unmapped(tmp_path):
+    warehouse = tmp_path / "w.duckdb"
+    first = full_generation(warehouse, {COUNTS: counts([("k1", "a@x.io", "A", 1)])})
+    base = read_generation(warehouse, first.generation)
+    run = StateWriter(warehouse)
+    run.start_from(base, first.generation)
+    run.upsert(COUNTS, None, counts([("k2", "b@x.io", "B", 1)]))
+    run.finish()
+    run.published(retire=True)
+    # the run's frames still map the old files: renamed, not removed
+    assert sorted(f.name for f in state_root(warehouse).iterdir()) == sorted(
+        [run.generation, RETIRED + first.generation]
+    )
+    assert base[COUNTS].rows() == [("k1", "a@x.io", "A", 1)]
+    # the next run's read-ahead takes the live generation, not the retired one
+    ahead = read_sole_generation(warehouse)
+    assert ahead is not None and ahead[0] == run.generation
+    assert sorted(ahead[1][COUNTS]["canonical_key"].to_list()) == ["k1", "k2"]
+    del base, ahead
+    remove_retired(warehouse)
     assert [f.name for f in state_root(warehouse).iterdir()] == [run.generation]
 
 
