@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager, suppress
@@ -467,6 +468,12 @@ class DeltaWriter(BuildingFile):
         self.con.execute("COMMIT")
         self.con.execute("CHECKPOINT")
         self.con.execute("BEGIN")
+        if later:
+            # Mid-run: the written blocks go to disk meanwhile (DuckDB fsyncs nothing here,
+            # open_copy), not all at the fsyncs before the swap. 1M, two batches of 12
+            # alternating pairs: -32 and -8 ms, 16 of 22 faster. (After the last
+            # checkpoint too: no gain, 5 of 11.)
+            threading.Thread(target=_flush, args=(self.tmp,), name="flush").start()
 
     def wait(self) -> None:
         """Wait for the writes handed over so far; raise the first that failed."""
@@ -497,6 +504,13 @@ class DeltaWriter(BuildingFile):
         super().discard()  # (waits for the thread: the journal is made by then)
         if self.journal is not None:
             self.journal.discard()
+
+
+def _flush(path: Path) -> None:
+    """fsync a run's file ahead of the swap (which fsyncs it again); a discarded run's
+    file may be gone already."""
+    with suppress(OSError):
+        fsync_path(path)
 
 
 def delete_keys(con: duckdb.DuckDBPyConnection, name: str, keys: pl.DataFrame) -> None:
