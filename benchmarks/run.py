@@ -334,6 +334,7 @@ def incremental_run(
     lake and state before the delta, as `previous_sync` left them); the run with the
     median total is reported, with every run's total. `home` itself is left as it was.
     """
+    from flows.engine import wait_for_removals
     from flows.workspace import Home
 
     runs = []
@@ -342,6 +343,7 @@ def incremental_run(
     for i in range(INCREMENTAL_RUNS + (kind == "new")):
         copy = Home(workdir / f"incremental-{i}")
         shutil.rmtree(copy.root, ignore_errors=True)
+        wait_for_removals()  # (a publish's retired files go in a thread)
         shutil.copytree(home.root, copy.root)
         land = {
             "new": None,
@@ -572,10 +574,12 @@ def profile_incremental(home: Any, workdir: Path, as_of: datetime) -> dict[str, 
     bring down; a sampling profiler would charge them all to a few callers."""
     from benchmarks.land import land_workspace
     from benchmarks.profiling import timed_sites
+    from flows.engine import wait_for_removals
     from flows.workspace import Home
 
     copy = Home(workdir / "incremental-profile")
     shutil.rmtree(copy.root, ignore_errors=True)
+    wait_for_removals()  # (a publish's retired files go in a thread)
     shutil.copytree(home.root, copy.root)
     try:
         delta, accounts = _stashed_delta(workdir)

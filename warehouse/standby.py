@@ -222,7 +222,8 @@ def swap_keeping_standby(tmp: Path, warehouse: Path, journal: Journal) -> bool:
         written = manifest.with_name(manifest.name + ".tmp")
         written.write_text(json.dumps(body))
         os.replace(written, manifest)
-    _remove_journals(warehouse, keep=journal.folder if kept else None)
+    # (renamed only: removing them frees their pages, after the run: remove_retired_journals)
+    _remove_journals(warehouse, keep=journal.folder if kept else None, retire=True)
     threading.Thread(target=old_standby.unlink, kwargs={"missing_ok": True}).start()
     return kept
 
@@ -244,7 +245,23 @@ def drop_standby(warehouse: Path) -> None:
     _remove_journals(warehouse, keep=None)
 
 
-def _remove_journals(warehouse: Path, keep: Path | None) -> None:
+def _remove_journals(warehouse: Path, keep: Path | None, retire: bool = False) -> None:
+    """Remove every journal but `keep`, or with `retire` rename them for
+    `remove_retired_journals`."""
     for folder in warehouse.parent.glob(f".{warehouse.name}.*.journal"):
         if folder != keep:
-            shutil.rmtree(folder, ignore_errors=True)
+            if retire:
+                os.replace(folder, folder.with_name(folder.name + RETIRED_SUFFIX))
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+    if not retire:
+        remove_retired_journals(warehouse)
+
+
+RETIRED_SUFFIX = ".retired"
+
+
+def remove_retired_journals(warehouse: Path) -> None:
+    """Remove the journals a publish retired."""
+    for folder in warehouse.parent.glob(f".{warehouse.name}.*.journal{RETIRED_SUFFIX}"):
+        shutil.rmtree(folder, ignore_errors=True)
