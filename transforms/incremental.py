@@ -1120,14 +1120,14 @@ def _build_delta(
     sink.upsert({"_rapport_connection_sums": upsert["_rapport_connection_sums"]})
     # The meetings still ahead: the stored ones that stay, and the delta's. The next
     # state, and where each touched key's next meeting is found (updated, below).
-    upcoming = pl.concat(
-        [
-            removed.drop_rows(previous.upcoming.filter(pl.col("at") > utc_instant(as_of))),
-            upcoming_meetings(delta_interactions, as_of),
-        ]
-    )
-    upsert["_rapport_upcoming_meetings"] = changed_rows(
-        upcoming, previous.upcoming, INTERACTION_KEY
+    ahead = pl.col("at") > utc_instant(as_of)
+    still = previous.upcoming.filter(ahead)
+    kept_upcoming = removed.drop_rows(still)
+    new_upcoming = upcoming_meetings(delta_interactions, as_of)
+    upcoming = pl.concat([kept_upcoming, new_upcoming])
+    # (from how they changed: comparing all 12,860 rows at 1M took 10.5 ms, this 3.5)
+    upsert["_rapport_upcoming_meetings"] = upcoming_change(
+        previous.upcoming, still, kept_upcoming, new_upcoming, ahead
     )
     sink.upsert({"_rapport_upcoming_meetings": upsert["_rapport_upcoming_meetings"]})
     members = frames.members
@@ -1242,6 +1242,35 @@ def _build_delta(
     }
     lap("tables")
     return DeltaStaged(upsert, append, gate_tables, stats, lap.times)
+
+
+def upcoming_change(
+    stored: pl.DataFrame,
+    still: pl.DataFrame,
+    kept: pl.DataFrame,
+    new: pl.DataFrame,
+    ahead: pl.Expr,
+) -> Upsert:
+    """The upcoming meetings' change, from how the run made them (not by comparing every
+    row, as `changed_rows` does): `stored` rows not `ahead` any more go, as do those of
+    `still` (the rows ahead) that removed mail or events took out (not in `kept`); the
+    `new` rows come in. Interaction keys are unique, and a new row's key is stored only
+    if its source was removed and landed again (then its old row goes first)."""
+    gone = [stored.filter(~ahead).select(INTERACTION_KEY)]
+    if kept.height < still.height:
+        gone.append(
+            still.select(INTERACTION_KEY).join(
+                kept.select(INTERACTION_KEY), on=INTERACTION_KEY, how="anti", nulls_equal=True
+            )
+        )
+    keys = new.select(INTERACTION_KEY)
+    if new.height:
+        stored_keys = keys.join(
+            stored.select(INTERACTION_KEY), on=INTERACTION_KEY, how="semi", nulls_equal=True
+        )
+    else:
+        stored_keys = keys
+    return Upsert(INTERACTION_KEY, new, stored_keys, pl.concat(gone))
 
 
 # The activity columns a lost row can hold: its time may be a first or last one (the

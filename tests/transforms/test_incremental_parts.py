@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import polars as pl
@@ -16,7 +17,14 @@ from connectors.lake import (
     content_hashes,
 )
 from transforms.events import EVENTS_SCHEMA, events_table
-from transforms.incremental import RELANDED_MAIL, changed_items, changed_rows
+from transforms.incremental import (
+    INTERACTION_KEY,
+    RELANDED_MAIL,
+    Removed,
+    changed_items,
+    changed_rows,
+    upcoming_change,
+)
 from transforms.records import address_keys, touched_people
 
 
@@ -44,6 +52,50 @@ def test_changed_rows_are_new_or_changed_rows_and_the_keys_that_went():
         pl.concat([deleted, out.rows]).sort("k", nulls_last=True),
         new.sort("k", nulls_last=True),
     )
+
+
+def test_the_upcoming_change_turns_the_stored_meetings_into_the_runs():
+    def meetings(rows: list[tuple[str, str | None, str, int]]) -> pl.DataFrame:
+        return pl.DataFrame(
+            [(m, p, s, datetime(2026, 1, d, tzinfo=UTC)) for m, p, s, d in rows],
+            schema={
+                "member_id": pl.String,
+                "person_id": pl.String,
+                "source_key": pl.String,
+                "at": pl.Datetime("us", "UTC"),
+            },
+            orient="row",
+        )
+
+    stored = meetings(
+        [
+            ("m1", "p1", "ev1", 3),  # passed by the new as_of (the 5th): goes
+            ("m1", "p2", "ev2", 8),  # still ahead: stays
+            ("m2", None, "ev3", 9),  # still ahead, its event cancelled: goes
+            ("m2", "p3", "ev4", 9),  # moved: its event removed and landed again
+        ]
+    )
+    ahead = pl.col("at") > datetime(2026, 1, 5, tzinfo=UTC)
+    still = stored.filter(ahead)
+    removed = dataclasses.replace(
+        Removed.nothing(),
+        sources=pl.DataFrame({"member_id": ["m2", "m2"], "source_key": ["ev3", "ev4"]}),
+    )
+    kept = removed.drop_rows(still)
+    new = meetings([("m1", "p4", "ev5", 20), ("m2", "p3", "ev4", 12)])
+    change = upcoming_change(stored, still, kept, new, ahead)
+    # Applied as the state writer applies an upsert: the run's upcoming meetings, which
+    # comparing every row (changed_rows) also leads to.
+    after = stored.join(change.delete_keys(), on=INTERACTION_KEY, how="anti", nulls_equal=True)
+    expected = pl.concat([kept, new])
+    by = ["member_id", "source_key"]
+    assert_frame_equal(pl.concat([after, change.rows]).sort(by), expected.sort(by))
+    assert sorted(change.gone.rows(), key=str) == sorted(
+        [("m1", "p1", "ev1"), ("m2", None, "ev3"), ("m2", "p3", "ev4")], key=str
+    )
+    assert change.stored.rows() == [("m2", "p3", "ev4")]
+    compared = changed_rows(expected, stored, INTERACTION_KEY)
+    assert_frame_equal(compared.rows.sort(by), change.rows.sort(by))
 
 
 def test_address_keys_from_a_cache_equal_keys_computed_afresh():
