@@ -930,7 +930,7 @@ def _build_delta(
     # Rows whose key is new or whose values changed; the rest of each table stays. The
     # writer starts on them while the interactions are worked out.
     upsert = {
-        "people": changed_rows(people, previous.people, ["person_id"], near.to_frame()),
+        "people": changed_rows(changed, previous.people.filter(in_near), ["person_id"]),
         "companies": changed_rows(companies, previous.companies, ["company_id"]),
         # every count of each key the delta has rows for, written over by key (a plain
         # IN on one column; the (key, address, name) match had to handle NULL names)
