@@ -26,6 +26,7 @@ from transforms.incremental import (
     upcoming_change,
 )
 from transforms.records import address_keys, touched_people
+from warehouse.state import STATE_SCHEMAS
 
 
 def test_changed_rows_are_new_or_changed_rows_and_the_keys_that_went():
@@ -56,15 +57,12 @@ def test_changed_rows_are_new_or_changed_rows_and_the_keys_that_went():
 
 def test_the_upcoming_change_turns_the_stored_meetings_into_the_runs():
     def meetings(rows: list[tuple[str, str | None, str, int]]) -> pl.DataFrame:
-        return pl.DataFrame(
-            [(m, p, s, datetime(2026, 1, d, tzinfo=UTC)) for m, p, s, d in rows],
-            schema={
-                "member_id": pl.String,
-                "person_id": pl.String,
-                "source_key": pl.String,
-                "at": pl.Datetime("us", "UTC"),
-            },
-            orient="row",
+        """Upcoming-meeting rows as the state keeps them (no company here)."""
+        names = ["member_id", "person_id", "source_key", "day"]
+        by_column = dict(zip(names, zip(*rows, strict=True), strict=True))
+        at = [datetime(2026, 1, d, tzinfo=UTC) for d in by_column.pop("day")]
+        return pl.DataFrame({**by_column, "at": at, "company_id": [None] * len(rows)}).select(
+            [pl.col(c).cast(t) for c, t in STATE_SCHEMAS["_rapport_upcoming_meetings"].items()]
         )
 
     stored = meetings(
