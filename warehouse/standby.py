@@ -28,6 +28,7 @@ import os
 import shutil
 import threading
 from collections.abc import Collection
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -251,7 +252,8 @@ def _remove_journals(warehouse: Path, keep: Path | None, retire: bool = False) -
     for folder in warehouse.parent.glob(f".{warehouse.name}.*.journal"):
         if folder != keep:
             if retire:
-                os.replace(folder, folder.with_name(folder.name + RETIRED_SUFFIX))
+                with suppress(OSError):  # (the swap is done: a journal left over is harmless)
+                    os.replace(folder, folder.with_name(folder.name + RETIRED_SUFFIX))
             else:
                 shutil.rmtree(folder, ignore_errors=True)
     if not retire:

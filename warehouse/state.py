@@ -23,6 +23,7 @@ import shutil
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
 
 import duckdb
@@ -193,7 +194,10 @@ def retire_other_generations(warehouse: Path, keep: str) -> None:
         return
     for folder in root.iterdir():
         if folder.name != keep and not folder.name.startswith(RETIRED):
-            os.replace(folder, folder.with_name(RETIRED + folder.name))
+            # (the file is live already: a generation that can't be renamed stays, and the
+            # next run reads the one its build row names)
+            with suppress(OSError):
+                os.replace(folder, folder.with_name(RETIRED + folder.name))
 
 
 def remove_retired(warehouse: Path) -> None:
