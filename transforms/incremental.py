@@ -116,25 +116,22 @@ class Previous:
     tables: dict[str, pl.DataFrame]
     state: str = ""  # the generation of state files it was read from
 
-    def _table(self, name: str) -> pl.DataFrame:
-        return self.tables[name]
-
-    people = property(lambda self: self._table("people"))
-    companies = property(lambda self: self._table("companies"))
-    person_merges = property(lambda self: self._table("person_merges"))
-    name_counts = property(lambda self: self._table("_rapport_name_counts"))
-    last_used = property(lambda self: self._table("_rapport_last_used"))
-    blocked_threads = property(lambda self: self._table("_rapport_blocked_threads"))
-    connection_sums = property(lambda self: self._table("_rapport_connection_sums"))
-    name_parts = property(lambda self: self._table("_rapport_name_parts"))
-    address_keys = property(lambda self: self._table("_rapport_address_keys"))
-    person_keys = property(lambda self: self._table("_rapport_person_keys"))
-    domain_info = property(lambda self: self._table("_rapport_domain_info"))
-    upcoming = property(lambda self: self._table("_rapport_upcoming_meetings"))
+    people = property(lambda self: self.tables["people"])
+    companies = property(lambda self: self.tables["companies"])
+    person_merges = property(lambda self: self.tables["person_merges"])
+    name_counts = property(lambda self: self.tables["_rapport_name_counts"])
+    last_used = property(lambda self: self.tables["_rapport_last_used"])
+    blocked_threads = property(lambda self: self.tables["_rapport_blocked_threads"])
+    connection_sums = property(lambda self: self.tables["_rapport_connection_sums"])
+    name_parts = property(lambda self: self.tables["_rapport_name_parts"])
+    address_keys = property(lambda self: self.tables["_rapport_address_keys"])
+    person_keys = property(lambda self: self.tables["_rapport_person_keys"])
+    domain_info = property(lambda self: self.tables["_rapport_domain_info"])
+    upcoming = property(lambda self: self.tables["_rapport_upcoming_meetings"])
     activity = property(  # "person_id" / "company_id" -> activity rows
         lambda self: {
-            "person_id": self._table("_rapport_person_activity"),
-            "company_id": self._table("_rapport_company_activity"),
+            "person_id": self.tables["_rapport_person_activity"],
+            "company_id": self.tables["_rapport_company_activity"],
         }
     )
 

@@ -153,9 +153,8 @@ def read_sole_generation(warehouse: Path) -> tuple[str, dict[str, pl.DataFrame]]
     """The only generation there is, read before the file that names it is open (after a
     publish only the live one is left); None if there are none, several, or it does not
     read. The caller checks it against the file's build row before using it."""
-    root = state_root(warehouse)
     try:
-        [folder] = [f for f in root.iterdir() if not f.name.startswith(RETIRED)]
+        [folder] = [f for f in _generations(warehouse) if not f.name.startswith(RETIRED)]
         return folder.name, read_generation(warehouse, folder.name)
     except (OSError, ValueError, StateUnreadable):
         return None
@@ -171,12 +170,15 @@ def _read(path: Path) -> pl.DataFrame:
     return frame
 
 
+def _generations(warehouse: Path) -> list[Path]:
+    """Every generation folder beside the warehouse, retired ones included."""
+    root = state_root(warehouse)
+    return list(root.iterdir()) if root.is_dir() else []
+
+
 def remove_other_generations(warehouse: Path, keep: str) -> None:
     """Remove every generation but `keep` (after the swap that made `keep` live)."""
-    root = state_root(warehouse)
-    if not root.is_dir():
-        return
-    for folder in root.iterdir():
+    for folder in _generations(warehouse):
         if folder.name != keep:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -189,10 +191,7 @@ RETIRED = "retired-"
 
 def retire_other_generations(warehouse: Path, keep: str) -> None:
     """Rename every generation but `keep` as retired (removed by `remove_retired`)."""
-    root = state_root(warehouse)
-    if not root.is_dir():
-        return
-    for folder in root.iterdir():
+    for folder in _generations(warehouse):
         if folder.name != keep and not folder.name.startswith(RETIRED):
             # (the file is live already: a generation that can't be renamed stays, and the
             # next run reads the one its build row names)
@@ -202,10 +201,7 @@ def retire_other_generations(warehouse: Path, keep: str) -> None:
 
 def remove_retired(warehouse: Path) -> None:
     """Remove the retired generations (call once no frame maps their files)."""
-    root = state_root(warehouse)
-    if not root.is_dir():
-        return
-    for folder in root.iterdir():
+    for folder in _generations(warehouse):
         if folder.name.startswith(RETIRED):
             shutil.rmtree(folder, ignore_errors=True)
 
